@@ -1,0 +1,35 @@
+"""paramio: move the named parameters of PyTorch models between software without losing identity.
+
+Tied parameters (a layer reused twice, an embedding tied to an output head) stay one tensor through
+safetensors, HDF5, ONNX and ``.pt`` files, recorded in a manifest that every file carries.
+"""
+
+from . import errors
+from ._version import __version__
+from .checkpoint import Checkpoint, collect
+from .manifest import Manifest, Signature, TensorEntry, TieGroup
+from .reading import load, read_manifest
+from .rebuild import LoadReport, load_into
+from .ties import find_ties
+from .validation import Report, signature, validate
+from .writing import save
+
+__all__ = [
+    "__version__",
+    "errors",
+    "Checkpoint",
+    "Manifest",
+    "Signature",
+    "TensorEntry",
+    "TieGroup",
+    "LoadReport",
+    "Report",
+    "collect",
+    "find_ties",
+    "save",
+    "load",
+    "load_into",
+    "read_manifest",
+    "signature",
+    "validate",
+]

@@ -1,0 +1,127 @@
+"""The reader/writer protocol every format implements.
+
+A format module knows one file layout and nothing about ties: writers are told what to store (the
+manifest, whose tie groups they record in the format's own way) and receive tensors one at a time; readers
+report what the file stores, which names it links together, and the paramio manifest if there is one, and
+read one tensor at a time. Deriving tie groups, checking checksums and rebuilding identity is the core's job.
+
+Order of calls, writing::
+
+    writer = Format.writer(temp_path, final_path, staging, draft_manifest, options)
+    for entry in draft_manifest.tensors:
+        writer.write_tensor(entry, tensor)    # contiguous CPU tensor of entry's dtype and shape
+    writer.finish(final_manifest)             # same entries and order, real checksums
+    # on any exception: writer.abort(); the core removes the temporary files
+
+Reading::
+
+    with Format.reader(path) as reader:       # checks the header/structure, reads no tensor data
+        contents = reader.contents()
+        tensor = reader.read(name)            # one stored tensor
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from ..atomic import Staging
+from ..manifest import Manifest, TensorEntry
+
+__all__ = ["StoredTensor", "FileContents", "Reader", "Writer", "Format"]
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    """One tensor as the file stores it: its name (gradients as ``grad/<name>``), dtype name and shape."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    kind: str | None = None  # only when the file itself says (e.g. ONNX constants); else the core decides
+
+
+@dataclass(frozen=True)
+class FileContents:
+    """What a reader found, before any tensor data is read.
+
+    ``links`` maps names the file links to a stored tensor (safetensors alias metadata, HDF5 hard links,
+    storage shared in a ``.pt``) to that stored name, in the file's own order; the core turns them into tie
+    groups when the file has no paramio manifest.
+    """
+
+    producer: str
+    stored: tuple[StoredTensor, ...]
+    links: Mapping[str, str] = field(default_factory=dict)
+    manifest_json: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+class Reader(abc.ABC):
+    """Lazy access to one file. Opening checks the structure (bounds, sizes) before allocating."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    @abc.abstractmethod
+    def contents(self) -> FileContents:
+        """Names, dtypes, shapes, links and manifest text; reads no tensor data."""
+
+    @abc.abstractmethod
+    def read(self, name: str) -> torch.Tensor:
+        """One stored tensor, on the CPU, with the dtype and shape ``contents`` reported."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the file."""
+
+    def __enter__(self) -> Reader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Writer(abc.ABC):
+    """Writes one file from tensors given one at a time, in the draft manifest's order."""
+
+    def __init__(self, temp: Path, final: Path, staging: Staging, draft: Manifest, options: Mapping[str, Any]):
+        self.temp = temp
+        self.final = final
+        self.staging = staging
+        self.draft = draft
+        self.options = options
+
+    @abc.abstractmethod
+    def write_tensor(self, entry: TensorEntry, tensor: torch.Tensor) -> None:
+        """Store one tensor (contiguous, on the CPU, of the entry's dtype and shape)."""
+
+    @abc.abstractmethod
+    def finish(self, manifest: Manifest) -> None:
+        """Record the final manifest (same tensors as the draft, with checksums) and close the file."""
+
+    def abort(self) -> None:  # noqa: B027 - optional hook
+        """Close whatever is open; the core deletes the temporary files."""
+
+
+class Format(abc.ABC):
+    """A file format: its name, suffixes, and factories for its reader and writer."""
+
+    name: ClassVar[str]
+    suffixes: ClassVar[tuple[str, ...]]
+    #: Options ``save`` accepts for this format beyond the common ones (e.g. ``example_inputs`` for ONNX).
+    options: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    @abc.abstractmethod
+    def reader(cls, path: Path) -> Reader: ...
+
+    @classmethod
+    @abc.abstractmethod
+    def writer(
+        cls, temp: Path, final: Path, staging: Staging, draft: Manifest, options: Mapping[str, Any]
+    ) -> Writer: ...
