@@ -91,8 +91,8 @@ def compare_signatures(expected: Signature, actual: Signature, *, kinds: bool = 
     for name in want:
         if name not in have:
             continue
-        a = want_ties[name] & have.keys()
-        b = have_ties[name] & want.keys()
+        a = frozenset(want_ties[name] & have.keys())
+        b = frozenset(have_ties[name] & want.keys())
         if a != b and (a | b) not in reported:
             reported.add(a | b)
             problems.append(
