@@ -7,6 +7,8 @@ safetensors, HDF5, ONNX and ``.pt`` files, recorded in a manifest that every fil
 from . import errors
 from ._version import __version__
 from .checkpoint import Checkpoint, collect
+from .convert import convert
+from .diff import Diff, diff
 from .manifest import Manifest, Signature, TensorEntry, TieGroup
 from .reading import load, read_manifest
 from .rebuild import LoadReport, load_into
@@ -23,6 +25,7 @@ __all__ = [
     "TensorEntry",
     "TieGroup",
     "LoadReport",
+    "Diff",
     "Report",
     "collect",
     "find_ties",
@@ -30,6 +33,8 @@ __all__ = [
     "load",
     "load_into",
     "read_manifest",
+    "convert",
+    "diff",
     "signature",
     "validate",
 ]
