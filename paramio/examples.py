@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["tied_mlp", "TinyLM", "tiny_lm"]
+__all__ = ["tied_mlp", "lazy_tied_mlp", "TinyLM", "tiny_lm"]
 
 
 def tied_mlp(*, initialized: bool = True, seed: int = 0) -> nn.Sequential:
@@ -25,6 +25,12 @@ def tied_mlp(*, initialized: bool = True, seed: int = 0) -> nn.Sequential:
     if initialized:
         model(torch.zeros(1, 4))
     return model
+
+
+def lazy_tied_mlp(*, seed: int = 0) -> nn.Sequential:
+    """:func:`tied_mlp` before its first forward pass, as a zero-argument factory for the command line
+    (``paramio export paramio.examples:lazy_tied_mlp --example-input 2x4 -o mlp.safetensors``)."""
+    return tied_mlp(initialized=False, seed=seed)
 
 
 class TinyLM(nn.Module):
