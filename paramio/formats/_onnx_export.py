@@ -1,0 +1,163 @@
+"""The model's graph for ``save(model, "m.onnx", example_inputs=...)``, with initializers renamed to
+paramio's canonical names and the stored tensors' data taken out (the writer streams it in).
+
+Exporter choice: the dynamo exporter (``torch.onnx.export(dynamo=True)``), with its ONNX optimizer off.
+
+* It is torch's default and maintained exporter; the TorchScript one (``dynamo=False``) is deprecated.
+* It hands back an in-memory IR whose initializers wrap the model's own tensors, so each initializer is
+  matched to its parameter by *memory* (storage, offset, shape, strides, dtype), not by a name the exporter
+  made up (it names a shared layer after its last use, ``4.weight``), and the exporter's copy of the
+  weights is never serialized: the graph is serialized without them and paramio writes each stored tensor
+  once.
+* ``optimize=False`` because the optimizer constant-folds ``Transpose(weight)`` and ``Slice(weight)`` into
+  new initializers: a transposed copy of a tied embedding/LM head (pytorch #108342) and of every Linear
+  weight. Unoptimized, those stay runtime ops over the one stored tensor.
+
+Initializers that are not parameters or buffers of the model (lifted tensor constants, non-persistent
+buffers) stay in the graph as *constants*; the writer records their names so that readers keep them apart
+from the parameters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..dtypes import torch_dtype
+from ..errors import FormatError
+from ..manifest import Manifest
+
+__all__ = ["export_graph"]
+
+
+def _key(t: torch.Tensor) -> tuple:
+    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+
+
+def _arguments(example_inputs: Any) -> tuple[tuple, dict]:
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,), {}
+    if isinstance(example_inputs, Mapping):
+        return (), dict(example_inputs)
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs), {}
+    raise TypeError(
+        f"example_inputs must be a tensor, a tuple of positional inputs or a dict of keyword inputs, "
+        f"not {type(example_inputs).__name__}"
+    )
+
+
+@contextlib.contextmanager
+def _quiet() -> Any:
+    """The exporter reports progress on stdout and warns about optional packages (torchvision): noise
+    in a library call. Errors still raise."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _run_exporter(model: nn.Module, example_inputs: Any, dynamic_shapes: Any, where: str) -> Any:
+    args, kwargs = _arguments(example_inputs)
+    try:
+        import onnxscript  # noqa: F401 - the dynamo exporter needs it; say so plainly
+    except ImportError as e:
+        raise FormatError(f"{where}: exporting a graph needs the onnxscript package (pip install onnxscript); "
+                          "or save without example_inputs for a weights-only ONNX file") from e
+    try:
+        with _quiet():
+            return torch.onnx.export(model, args, kwargs=kwargs, dynamo=True, optimize=False, verbose=False,
+                                     dynamic_shapes=dynamic_shapes)
+    except Exception as e:  # the exporter raises many types; all mean "this model did not export"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FormatError(f"{where}: torch.onnx.export failed: {first}") from e
+
+
+def export_graph(model: nn.Module, example_inputs: Any, draft: Manifest, *, dynamic_shapes: Any = None,
+                 where: str = "onnx") -> tuple[Any, dict[str, str]]:
+    """Export ``model`` and return ``(model_proto, used)``.
+
+    ``model_proto`` is the exported ``onnx.ModelProto`` whose graph refers to the stored tensors by their
+    canonical names but holds no initializer for them (only the exporter's constants); ``used`` maps each
+    canonical name the graph uses to the exporter's own name for it.
+    """
+    import onnx_ir as ir
+
+    program = _run_exporter(model, example_inputs, dynamic_shapes, where)
+    graph = program.model.graph
+
+    alias_of = draft.alias_map()
+    entries = {t.name: t for t in draft.tensors}
+    view_names = {v.name for v in draft.views}
+    by_memory: dict[tuple, str] = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if isinstance(tensor, torch.Tensor) and tensor.numel() > 0:
+            by_memory.setdefault(_key(tensor), name)
+
+    # 1. Which initializers are the model's tensors, and under which canonical name.
+    mapped: dict[str, Any] = {}  # canonical name -> IR value
+    used: dict[str, str] = {}
+    for exporter_name in list(graph.initializers):
+        value = graph.initializers[exporter_name]
+        raw = getattr(value.const_value, "raw", None)
+        name = by_memory.get(_key(raw)) if isinstance(raw, torch.Tensor) and raw.numel() > 0 else None
+        if name is None:
+            continue  # a constant of the exporter: it stays in the graph as it is
+        canonical = alias_of.get(name, name)
+        if canonical in view_names:
+            raise FormatError(
+                f"{where}: tensor `{canonical}` is a partial alias (a view into `{next(v.base for v in draft.views if v.name == canonical)}`); "
+                "a graph export cannot store it once. Save without example_inputs for a weights-only file"
+            )
+        entry = entries.get(canonical)
+        if entry is None:
+            raise FormatError(f"{where}: the exported graph uses `{name}`, which the checkpoint does not store "
+                              "(saved with buffers=False?)")
+        if torch_dtype(entry.dtype) != raw.dtype:
+            raise FormatError(
+                f"{where}: tensor `{canonical}`: the graph computes with {raw.dtype} but the file would store "
+                f"{entry.dtype}; cast the model itself (model.to(...)) before exporting, or save without "
+                "example_inputs for a weights-only file"
+            )
+        graph.initializers.pop(exporter_name)
+        if canonical in mapped:  # the same tensor exported twice: keep one initializer
+            value.replace_all_uses_with(mapped[canonical], replace_graph_outputs=True)
+            continue
+        mapped[canonical] = value
+        used[canonical] = exporter_name
+
+    # 2. Free the stored names: no other value of the graph may carry one.
+    stored = set(entries)
+    taken = {v.name for v in graph.inputs} | set(graph.initializers) | set(stored)
+    taken |= {out.name for node in graph for out in node.outputs}
+    others = list(graph.inputs) + [out for node in graph for out in node.outputs] + list(graph.initializers.values())
+    for value in others:
+        if value.name in stored:
+            fresh, n = value.name, 1
+            while fresh in taken:
+                fresh, n = f"{value.name}__{n}", n + 1
+            taken.add(fresh)
+            if value.is_initializer():
+                graph.initializers.pop(value.name)
+                value.name = fresh
+                graph.register_initializer(value)
+            else:
+                value.name = fresh
+
+    # 3. Rename the model's tensors to their canonical names.
+    for canonical, value in mapped.items():
+        value.name = canonical
+    proto = ir.serde.serialize_model(program.model)
+    return proto, used

@@ -1,0 +1,520 @@
+"""ONNX: initializers named by canonical names, each tie stored once, the manifest in
+``metadata_props["paramio.manifest"]``.
+
+With ``example_inputs`` (and a model) the file is the model's exported graph, runnable in onnxruntime; the
+graph's uses of an alias refer to the canonical initializer (see ``_onnx_export``). Without them it is a
+*weights container*: a graph with no inputs whose outputs are each stored tensor through an ``Identity``
+node, so that stock ONNX tools can both load and run it.
+
+Writing never builds the model in memory with the weights in it (the stock ``numpy_helper`` /
+``make_model`` / ``save_model`` path copies every tensor about four times): the message is written field
+by field with lengths computed from the manifest up front, each tensor's bytes going straight from the
+tensor to the file (or, with external data, to the data file beside it). The fields come in field-number
+order, so the bytes are exactly what protobuf itself would serialize for the same model. Reading walks the
+fields and records where each tensor's bytes lie, then maps them lazily; only the small non-tensor parts
+are parsed by protobuf.
+
+Models over the 2 GB protobuf limit use ONNX external data automatically (``external_data=True`` forces
+it): one data file ``<model>.data`` beside the model, offsets aligned, written under a temporary name that
+is renamed together with the model, with the final name recorded in each ``location``.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from math import prod
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO
+
+import numpy as np
+import onnx
+import torch
+from google.protobuf.message import DecodeError
+from onnx import TensorProto, helper
+
+from .._version import __version__
+from ..atomic import Staging
+from ..dtypes import torch_dtype
+from ..errors import FormatError
+from ..manifest import Manifest, TensorEntry
+from ._protowire import LEN, field_header, fields
+from .base import FileContents, Format, Reader, StoredTensor, Writer
+
+__all__ = ["ONNXFormat", "ONNXReader", "ONNXWriter", "MANIFEST_KEY", "CONSTANTS_KEY", "PROTOBUF_LIMIT"]
+
+MANIFEST_KEY = "paramio.manifest"
+#: Names of initializers that are graph constants of the exporter, not parameters (JSON list).
+CONSTANTS_KEY = "paramio.onnx.constants"
+#: Initializers of a foreign file whose type paramio has no dtype for (string, int4, fnuz floats...).
+SKIPPED_KEY = "onnx.skipped_initializers"
+#: protobuf refuses messages of 2 GiB or more.
+PROTOBUF_LIMIT = 2**31 - 1
+#: Weights containers: Identity on float8 needs opset 19; 21 is what onnxruntime and onnx both run.
+CONTAINER_OPSET = 21
+CONTAINER_IR_VERSION = 10
+#: External data alignment: small tensors to 64 bytes, large ones (>= 1 MiB) to 64 KiB so that they can
+#: be memory-mapped on any platform (onnx's own save_model uses the same 64 KiB granularity).
+_ALIGN, _ALIGN_LARGE, _LARGE = 64, 65536, 1 << 20
+_MAX_RANK = 64
+
+# manifest dtype name <-> TensorProto.DataType
+_CODES: dict[str, int] = {
+    "float32": TensorProto.FLOAT, "float64": TensorProto.DOUBLE, "float16": TensorProto.FLOAT16,
+    "bfloat16": TensorProto.BFLOAT16, "float8_e4m3fn": TensorProto.FLOAT8E4M3FN,
+    "float8_e5m2": TensorProto.FLOAT8E5M2, "complex64": TensorProto.COMPLEX64,
+    "complex128": TensorProto.COMPLEX128, "int64": TensorProto.INT64, "int32": TensorProto.INT32,
+    "int16": TensorProto.INT16, "int8": TensorProto.INT8, "uint64": TensorProto.UINT64,
+    "uint32": TensorProto.UINT32, "uint16": TensorProto.UINT16, "uint8": TensorProto.UINT8,
+    "bool": TensorProto.BOOL,
+}
+_NAMES = {code: name for name, code in _CODES.items()}
+_ITEMSIZE = {name: torch.empty(0, dtype=torch_dtype(name)).element_size() for name in _CODES}
+#: onnxruntime has no complex tensor type: a container stores such tensors but does not output them.
+_NOT_RUNNABLE = {"complex64", "complex128"}
+#: Initializer names the torch exporters give to graph constants they create (TorchScript ``onnx::Op_N``
+#: and scoped ``/...`` names, dynamo ``val_N`` and lifted tensor constants). Only used for files without a
+#: paramio manifest; such a file says nothing else about which initializers are parameters.
+_CONSTANT_NAME = re.compile(r"::|^/|^_?val_\d+$|^_tensor_constant\d+$|^c_lifted_tensor_\d+$")
+
+
+# -- writing -------------------------------------------------------------------------------------------------
+def _as_bytes(tensor: torch.Tensor) -> memoryview:
+    flat = tensor.contiguous().reshape(-1)
+    if flat.numel() == 0:
+        return memoryview(b"")
+    return memoryview(flat.view(torch.uint8).numpy()).cast("B")
+
+
+def _split(message: Any, number: int) -> tuple[bytes, bytes]:
+    """A message's serialized fields before and after field ``number`` (which is left out)."""
+    head, tail = type(message)(), type(message)()
+    head.CopyFrom(message)
+    tail.CopyFrom(message)
+    for fd, _ in head.ListFields():
+        if fd.number >= number:
+            head.ClearField(fd.name)
+    for fd, _ in tail.ListFields():
+        if fd.number <= number:
+            tail.ClearField(fd.name)
+    return head.SerializeToString(deterministic=True), tail.SerializeToString(deterministic=True)
+
+
+def _container(draft: Manifest) -> onnx.ModelProto:
+    """A graph without inputs that outputs every stored tensor through an Identity node."""
+    names = {t.name for t in draft.tensors}
+    nodes, outputs = [], []
+    for entry in draft.tensors:
+        if entry.dtype in _NOT_RUNNABLE:
+            continue
+        out = f"{entry.name}:out"
+        while out in names:
+            out += ":out"
+        names.add(out)
+        nodes.append(helper.make_node("Identity", [entry.name], [out]))
+        outputs.append(helper.make_tensor_value_info(out, _CODES[entry.dtype], list(entry.shape)))
+    graph = helper.make_graph(nodes, "paramio_weights", [], outputs,
+                              doc_string="Weights container written by paramio: each output is a stored tensor.")
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", CONTAINER_OPSET)],
+                             ir_version=CONTAINER_IR_VERSION)
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """Where one stored tensor goes: the bytes before its data in the model file, its data size, and for
+    external data the offset in the data file (its record then holds no data)."""
+
+    name: str
+    prefix: bytes
+    nbytes: int
+    offset: int | None
+
+    @property
+    def size(self) -> int:
+        return len(self.prefix) + (self.nbytes if self.offset is None else 0)
+
+
+class ONNXWriter(Writer):
+    """Streams a ``ModelProto``: model fields before the graph, the graph's nodes, one initializer record
+    per ``write_tensor``, the exporter's constants, the graph's inputs/outputs, then (``finish``) the
+    model fields after the graph with the final manifest in ``metadata_props``."""
+
+    def __init__(self, temp: Path, final: Path, staging: Staging, draft: Manifest, options: Mapping[str, Any]):
+        super().__init__(temp, final, staging, draft, options)
+        for entry in draft.tensors:
+            if entry.dtype not in _CODES:
+                raise FormatError(f"tensor `{entry.name}`: dtype {entry.dtype} has no ONNX type")
+        model, example = options.get("model"), options.get("example_inputs")
+        if model is not None and example is not None:
+            from ._onnx_export import export_graph
+
+            proto, _ = export_graph(model, example, draft, dynamic_shapes=options.get("dynamic_shapes"),
+                                    where=str(final))
+        else:
+            proto = _container(draft)
+        proto.producer_name, proto.producer_version = "paramio", __version__
+        proto.ClearField("metadata_props")  # paramio's own are written in finish()
+        self._constants = list(proto.graph.initializer)
+        proto.graph.ClearField("initializer")
+        self._proto = proto
+        self._model_head, _ = _split(proto, 7)
+        self._graph_head, self._graph_tail = _split(proto.graph, 5)
+        self._constant_bytes = b"".join(
+            field_header(5, c.ByteSize()) + c.SerializeToString(deterministic=True) for c in self._constants
+        )
+
+        choice = options.get("external_data")
+        self._data_final = final.with_name(final.name + ".data")
+        self._slots = self._plan(external=False)
+        if choice is True or (choice is None and self._model_size(draft) > PROTOBUF_LIMIT):
+            self._slots = self._plan(external=True)
+        elif self._model_size(draft) > PROTOBUF_LIMIT:
+            raise FormatError(f"{final}: the model would be {self._model_size(draft)} bytes, over protobuf's "
+                              "2 GiB limit; save with external_data=True (or leave it unset)")
+        self._external = any(s.offset is not None for s in self._slots)
+
+        self._index = 0
+        self._data: BinaryIO | None = None
+        self._file: BinaryIO = open(temp, "wb")
+        if self._external:
+            self._data = open(staging.temp_for(self._data_final), "wb")
+        self._file.write(self._model_head)
+        self._file.write(field_header(7, self._graph_size()))
+        self._file.write(self._graph_head)
+        self._graph_start = self._file.tell()
+
+    # -- the plan ---------------------------------------------------------------------------------------
+    def _plan(self, *, external: bool) -> list[_Slot]:
+        slots, offset = [], 0
+        for entry in self.draft.tensors:
+            nbytes = entry.numel * _ITEMSIZE[entry.dtype]
+            tensor = TensorProto(name=entry.name, data_type=_CODES[entry.dtype], dims=list(entry.shape))
+            if external and nbytes:
+                offset += -offset % (_ALIGN_LARGE if nbytes >= _LARGE else _ALIGN)
+                tensor.data_location = TensorProto.EXTERNAL
+                for key, value in (("location", self._data_final.name), ("offset", str(offset)),
+                                   ("length", str(nbytes))):
+                    tensor.external_data.add(key=key, value=value)
+                body = tensor.SerializeToString(deterministic=True)
+                slots.append(_Slot(entry.name, field_header(5, len(body)) + body, nbytes, offset))
+                offset += nbytes
+            else:
+                head = tensor.SerializeToString(deterministic=True) + field_header(9, nbytes)
+                slots.append(_Slot(entry.name, field_header(5, len(head) + nbytes) + head, nbytes, None))
+        return slots
+
+    def _graph_size(self) -> int:
+        return (len(self._graph_head) + sum(s.size for s in self._slots) + len(self._constant_bytes)
+                + len(self._graph_tail))
+
+    def _model_tail(self, manifest: Manifest) -> bytes:
+        tail = onnx.ModelProto()
+        tail.CopyFrom(self._proto)
+        for fd, _ in tail.ListFields():
+            if fd.number <= 7:
+                tail.ClearField(fd.name)
+        tail.metadata_props.add(key=MANIFEST_KEY, value=manifest.to_json())
+        if self._constants:
+            tail.metadata_props.add(key=CONSTANTS_KEY, value=json.dumps([c.name for c in self._constants]))
+        for key, value in manifest.metadata.items():  # visible to stock tools (onnxruntime's custom map)
+            if not key.startswith("paramio."):
+                tail.metadata_props.add(key=key, value=value)
+        return tail.SerializeToString(deterministic=True)
+
+    def _model_size(self, draft: Manifest) -> int:
+        graph = self._graph_size()
+        return len(self._model_head) + len(field_header(7, graph)) + graph + len(self._model_tail(draft))
+
+    # -- the stream -------------------------------------------------------------------------------------
+    def write_tensor(self, entry: TensorEntry, tensor: torch.Tensor) -> None:
+        slot = self._slots[self._index]
+        self._index += 1
+        if entry.name != slot.name:
+            raise FormatError(f"internal error: tensor `{entry.name}` given where `{slot.name}` was due")
+        data = _as_bytes(tensor)
+        if data.nbytes != slot.nbytes:
+            raise FormatError(f"tensor `{entry.name}`: {data.nbytes} bytes given, {slot.nbytes} expected")
+        self._file.write(slot.prefix)
+        if slot.offset is None:
+            self._file.write(data)
+        else:
+            assert self._data is not None
+            pad = slot.offset - self._data.tell()
+            if pad:
+                self._data.write(b"\0" * pad)
+            self._data.write(data)
+
+    def finish(self, manifest: Manifest) -> None:
+        if self._index != len(self._slots):
+            raise FormatError("internal error: fewer tensors written than the manifest lists")
+        self._file.write(self._constant_bytes)
+        self._file.write(self._graph_tail)
+        if self._file.tell() - self._graph_start != self._graph_size() - len(self._graph_head):
+            raise FormatError("internal error: the ONNX graph came out a different size than planned")
+        self._file.write(self._model_tail(manifest))
+        for fh in (self._file, self._data):
+            if fh is not None:
+                fh.flush()
+                os.fsync(fh.fileno())
+                fh.close()
+
+    def abort(self) -> None:
+        for fh in (self._file, self._data):
+            if fh is not None:
+                fh.close()
+
+
+# -- reading -------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Initializer:
+    """One initializer as found: where its data is (``raw`` byte range in the model file, an ``external``
+    (file, offset) pair, or the ``typed`` fields of its parsed header)."""
+
+    name: str
+    dtype: str | None  # None: a type paramio has no dtype for
+    onnx_type: int
+    shape: tuple[int, ...]
+    raw: tuple[int, int] | None = None
+    external: tuple[Path, int, int] | None = None
+    typed: TensorProto | None = None
+
+
+def _typed_array(proto: TensorProto, dtype: str) -> np.ndarray:
+    """The values of a tensor stored in the typed fields (float_data, int32_data, ...), as numpy bits of
+    ``dtype``. Narrow types travel in int32_data as their bit patterns (onnx.proto)."""
+    if dtype == "float32":
+        return np.asarray(proto.float_data, dtype=np.float32)
+    if dtype == "complex64":
+        return np.asarray(proto.float_data, dtype=np.float32).view(np.complex64)
+    if dtype == "float64":
+        return np.asarray(proto.double_data, dtype=np.float64)
+    if dtype == "complex128":
+        return np.asarray(proto.double_data, dtype=np.float64).view(np.complex128)
+    if dtype == "int64":
+        return np.asarray(proto.int64_data, dtype=np.int64)
+    if dtype in ("uint32", "uint64"):
+        return np.asarray(proto.uint64_data, dtype=np.uint64).astype(np.dtype(dtype))
+    bits = {"int32": np.int32, "int16": np.int16, "int8": np.int8, "uint16": np.uint16, "uint8": np.uint8,
+            "bool": np.uint8, "float16": np.uint16, "bfloat16": np.uint16, "float8_e4m3fn": np.uint8,
+            "float8_e5m2": np.uint8}[dtype]
+    return np.asarray(proto.int32_data, dtype=np.int64).astype(bits)
+
+
+def _typed_count(proto: TensorProto, dtype: str) -> int:
+    """How many elements the typed field for ``dtype`` holds."""
+    if dtype in ("float32", "complex64"):
+        return len(proto.float_data) // (2 if dtype == "complex64" else 1)
+    if dtype in ("float64", "complex128"):
+        return len(proto.double_data) // (2 if dtype == "complex128" else 1)
+    if dtype == "int64":
+        return len(proto.int64_data)
+    if dtype in ("uint32", "uint64"):
+        return len(proto.uint64_data)
+    return len(proto.int32_data)
+
+
+class ONNXReader(Reader):
+    """Walks the file's fields once (no tensor data read), then maps each tensor's bytes on demand."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self._folder = self.path.parent.resolve()
+        self._maps: dict[Path, torch.UntypedStorage] = {}
+        self._inits: dict[str, _Initializer] = {}
+        self._graph_seen = False
+        try:
+            with open(self.path, "rb") as fh:
+                self._size = os.fstat(fh.fileno()).st_size
+                if self._size == 0:
+                    raise self._fail("empty file (0 bytes)")
+                with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+                    rest = self._scan(buf)
+        except OSError as e:
+            raise FormatError(f"{self.path}: cannot read: {e.strerror or e}") from e
+        try:
+            self._model = onnx.ModelProto.FromString(rest)
+        except (DecodeError, RecursionError) as e:
+            raise self._fail(f"model fields do not parse ({e})") from e
+        if not self._graph_seen or self._model.ir_version <= 0:
+            raise self._fail("no graph or no ir_version (is this an ONNX model?)")
+        self._props = {p.key: p.value for p in self._model.metadata_props}
+
+    def _fail(self, problem: str) -> FormatError:
+        return FormatError(f"{self.path}: not a valid ONNX model: {problem}")
+
+    def _raise(self, problem: str) -> Any:
+        raise self._fail(problem)
+
+    # -- the walk ---------------------------------------------------------------------------------------
+    def _scan(self, buf: mmap.mmap) -> bytes:
+        """Initializers of every graph record; the model's other fields are returned for protobuf."""
+        rest = bytearray()
+        for f in fields(buf, 0, self._size, self._raise):
+            if f.number == 7 and f.wire == LEN:
+                self._graph_seen = True
+                for g in fields(buf, f.start, f.end, self._raise):
+                    if g.number == 5 and g.wire == LEN:
+                        self._add(self._initializer(buf, g.start, g.end))
+            else:
+                rest += buf[f.key_start:f.end]
+        return bytes(rest)
+
+    def _add(self, init: _Initializer) -> None:
+        if init.name in self._inits:
+            raise self._fail(f"two initializers are named `{init.name}`")
+        self._inits[init.name] = init
+
+    def _initializer(self, buf: mmap.mmap, start: int, end: int) -> _Initializer:
+        raw: tuple[int, int] | None = None
+        header = bytearray()
+        for f in fields(buf, start, end, self._raise):
+            if f.number == 9 and f.wire == LEN:
+                raw = (f.start, f.end)  # the bytes stay in the file; only their place is kept
+            else:
+                header += buf[f.key_start:f.end]
+        try:
+            proto = TensorProto.FromString(bytes(header))
+        except (DecodeError, RecursionError) as e:
+            raise self._fail(f"an initializer at byte {start} does not parse ({e})") from e
+        name = proto.name
+        if not name:
+            raise self._fail(f"the initializer at byte {start} has no name")
+        if len(proto.dims) > _MAX_RANK or any(d < 0 for d in proto.dims):
+            raise self._fail(f"initializer `{name}`: dims {list(proto.dims)[:8]} must be at most {_MAX_RANK} "
+                             "non-negative sizes")
+        shape = tuple(int(d) for d in proto.dims)
+        dtype = _NAMES.get(proto.data_type)
+        if dtype is None:
+            return _Initializer(name, None, proto.data_type, shape)
+        numel = prod(shape)
+        nbytes = numel * _ITEMSIZE[dtype]
+        if proto.data_location == TensorProto.EXTERNAL:
+            return _Initializer(name, dtype, proto.data_type, shape, external=self._external(name, proto, nbytes))
+        if raw is not None:
+            if raw[1] - raw[0] != nbytes:
+                raise self._fail(f"initializer `{name}`: shape {list(shape)} of {dtype} needs {nbytes} bytes, "
+                                 f"raw_data holds {raw[1] - raw[0]}")
+            return _Initializer(name, dtype, proto.data_type, shape, raw=raw)
+        count = _typed_count(proto, dtype)
+        if count != numel:
+            raise self._fail(f"initializer `{name}`: shape {list(shape)} needs {numel} values, the file holds {count}")
+        return _Initializer(name, dtype, proto.data_type, shape, typed=proto)
+
+    def _external(self, name: str, proto: TensorProto, nbytes: int) -> tuple[Path, int, int]:
+        """The data file, offset and length of an external tensor, each checked before anything is read:
+        the location stays inside the model's folder, and the byte range inside the data file."""
+        info = {e.key: e.value for e in proto.external_data}
+        where = f"initializer `{name}`: external data"
+        location = info.get("location", "")
+        parts = PurePosixPath(location.replace("\\", "/")).parts
+        if not location or "\0" in location or os.path.isabs(location) or location.startswith(("/", "\\")) \
+                or ".." in parts or (len(location) > 1 and location[1] == ":"):
+            raise FormatError(f"{self.path}: {where} location {location!r} is not a relative path inside the "
+                              "model's folder (refused: absolute paths and `..` could read any file)")
+        target = (self._folder / location).resolve()
+        if not target.is_relative_to(self._folder):
+            raise FormatError(f"{self.path}: {where} location {location!r} leads out of the model's folder "
+                              f"(to {target}); refused")
+        if not target.is_file():
+            raise FormatError(f"{self.path}: {where} file {location!r} is missing (it must lie beside the model)")
+        try:
+            offset = int(info.get("offset", "0"))
+            length = int(info.get("length", str(nbytes)))
+        except ValueError as e:
+            raise FormatError(f"{self.path}: {where} offset/length are not integers") from e
+        size = target.stat().st_size
+        if offset < 0 or length != nbytes or offset + length > size:
+            raise FormatError(f"{self.path}: {where} range [{offset}, {offset + length}) of {location!r} "
+                              f"({size} bytes) does not hold the {nbytes} bytes the tensor needs (truncated?)")
+        return target, offset, length
+
+    # -- the protocol -----------------------------------------------------------------------------------
+    def contents(self) -> FileContents:
+        manifest_json = self._props.get(MANIFEST_KEY)
+        constants: set[str] = set()
+        if manifest_json is not None and CONSTANTS_KEY in self._props:
+            try:
+                constants = set(json.loads(self._props[CONSTANTS_KEY]))
+            except (ValueError, TypeError) as e:
+                raise self._fail(f"metadata {CONSTANTS_KEY} is not a JSON list of names") from e
+        stored, links, skipped = [], {}, []
+        shared: dict[tuple, str] = {}
+        for init in self._inits.values():
+            if init.name in constants:
+                continue
+            if init.dtype is None:
+                skipped.append(f"{init.name} ({TensorProto.DataType.Name(init.onnx_type) if init.onnx_type in TensorProto.DataType.values() else init.onnx_type})")
+                continue
+            if init.external is not None and init.external[2]:
+                # ONNX's only way to say "same tensor": two initializers on one external byte range
+                key = (*init.external, init.dtype, init.shape)
+                if key in shared:
+                    links[init.name] = shared[key]
+                    continue
+                shared[key] = init.name
+            kind = "constant" if manifest_json is None and _CONSTANT_NAME.search(init.name) else None
+            stored.append(StoredTensor(init.name, init.dtype, init.shape, kind))
+        metadata = {k: v for k, v in self._props.items() if not k.startswith("paramio.")}
+        if skipped:
+            metadata[SKIPPED_KEY] = ", ".join(skipped)
+        return FileContents(
+            producer=self._model.producer_name or "onnx",
+            stored=tuple(stored),
+            links=links,
+            manifest_json=manifest_json,
+            metadata=metadata,
+        )
+
+    def _mapped(self, file: Path) -> torch.UntypedStorage:
+        storage = self._maps.get(file)
+        if storage is None:
+            # Copy-on-write mapping: pages are read when touched, edits stay private.
+            size = self._size if file == self.path else file.stat().st_size
+            storage = torch.UntypedStorage.from_file(str(file), shared=False, nbytes=size)
+            self._maps[file] = storage
+        return storage
+
+    def read(self, name: str) -> torch.Tensor:
+        init = self._inits.get(name)
+        if init is None or init.dtype is None:
+            raise FormatError(f"{self.path}: no tensor `{name}`")
+        dtype = torch_dtype(init.dtype)
+        if init.typed is not None:
+            return torch.from_numpy(_typed_array(init.typed, init.dtype)).view(dtype).reshape(init.shape)
+        if init.raw is not None:
+            storage, (start, end) = self._mapped(self.path), init.raw
+        elif init.external is not None:
+            file, start, length = init.external
+            storage, end = self._mapped(file), start + length
+        else:
+            start = end = 0
+        if end == start:
+            return torch.empty(init.shape, dtype=dtype)
+        data = torch.empty(0, dtype=torch.uint8).set_(storage, start, (end - start,))
+        if start % _ITEMSIZE[init.dtype]:
+            data = data.clone()  # protobuf places bytes anywhere: an aligned copy for this dtype
+        return data.view(dtype).reshape(init.shape)
+
+    def close(self) -> None:
+        self._maps.clear()
+
+
+class ONNXFormat(Format):
+    name = "onnx"
+    suffixes = (".onnx",)
+    #: example_inputs: export the model's graph; external_data: True forces one data file beside the model
+    #: (None: only over the 2 GB limit); dynamic_shapes: passed to torch.onnx.export.
+    options = ("example_inputs", "external_data", "dynamic_shapes")
+
+    @classmethod
+    def reader(cls, path: Path) -> ONNXReader:
+        return ONNXReader(path)
+
+    @classmethod
+    def writer(cls, temp: Path, final: Path, staging: Staging, draft: Manifest,
+               options: Mapping[str, Any]) -> ONNXWriter:
+        return ONNXWriter(temp, final, staging, draft, options)

@@ -1,0 +1,5 @@
+from .conformance import FormatConformance
+
+
+class TestONNXConformance(FormatConformance):
+    suffix = ".onnx"
