@@ -34,7 +34,7 @@ from torch import nn
 
 from ._version import __version__
 from .dtypes import DTYPES
-from .errors import ParamioError
+from .errors import ParamioError, TieError, UninitializedParameterError
 from .formats.registry import FORMATS, for_path
 from .manifest import Manifest, json_schemas
 from .writing import parse_dtype
@@ -324,6 +324,17 @@ def _model_from(spec: str, examples: Sequence[ExampleInput] | None, *, backward:
     return model, inputs
 
 
+@contextlib.contextmanager
+def _about_model(spec: str | None) -> Iterator[None]:
+    """Name the factory in errors about the model it built (ties that cannot be stored, lazy parameters)."""
+    try:
+        yield
+    except (TieError, UninitializedParameterError) as e:
+        if spec is None or not _is_factory(spec):
+            raise
+        raise _InputError(f"{spec}: {_one_line(e)}") from e
+
+
 def _model_or_path(spec: str, examples: Sequence[ExampleInput] | None) -> nn.Module | str:
     """A model for a factory spec; the path itself otherwise (a checkpoint or a signature JSON)."""
     if _is_factory(spec):
@@ -481,8 +492,9 @@ def export(
         if example_input:
             raise typer.BadParameter("--example-input needs a factory (package.module:callable), not a file")
         obj, inputs = paramio.load(source), None
-    manifest = paramio.save(obj, out, format=format.value if format else None, example_inputs=inputs, grads=grads,
-                            dtype=dtype, metadata=meta or None, checksum=checksum.value)
+    with _about_model(source):
+        manifest = paramio.save(obj, out, format=format.value if format else None, example_inputs=inputs, grads=grads,
+                                dtype=dtype, metadata=meta or None, checksum=checksum.value)
     _status(f"wrote {out}: {_summary(manifest)}")
 
 
@@ -571,7 +583,8 @@ def validate(
     import paramio
 
     expected = _model_or_path(against, example_input) if against is not None else None
-    report = paramio.validate(file, against=expected)
+    with _about_model(against):
+        report = paramio.validate(file, against=expected)
     console = _stdout()
     if report.ok:
         what = _summary(report.manifest) if report.manifest is not None else ""
@@ -594,7 +607,8 @@ def signature(
     """Print or save the signature (names, dtypes, shapes, ties) of a model or checkpoint."""
     import paramio
 
-    text = paramio.signature(_model_or_path(source, example_input)).to_json() + "\n"
+    with _about_model(source):
+        text = paramio.signature(_model_or_path(source, example_input)).to_json() + "\n"
     if out is None:
         sys.stdout.write(text)
         return
