@@ -94,7 +94,8 @@ def _one_line(e: BaseException) -> str:
 def _stdout() -> Console:
     # Created per call so that redirected streams (tests, pipes) are seen; wide when not a terminal so
     # that tables piped to a file do not wrap names.
-    return Console(markup=False, highlight=False, width=None if sys.stdout.isatty() else 200)
+    wide = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+    return Console(markup=False, highlight=False, width=200 if wide else None)
 
 
 def _stderr() -> Console:
@@ -408,17 +409,20 @@ def _fmt(value: float | None) -> str:
 
 
 def manifest_table(manifest: Manifest, stats: Mapping[str, Mapping[str, float | None]] | None = None,
-                   title: str | None = None) -> Table:
+                   title: str | None = None, *, checksums: bool = True) -> Table:
     """The ``paramio inspect`` table: one row per name, aliases and views included."""
     table = Table(title=title, title_justify="left", header_style="bold")
-    for column in ("name", "dtype", "shape", "numel", "tied to", "checksum"):
+    columns = ("name", "dtype", "shape", "numel", "tied to") + (("checksum",) if checksums else ())
+    for column in columns:
         table.add_column(column, justify="right" if column == "numel" else "left", overflow="fold")
     if stats is not None:
         for column in ("mean", "std", "min", "max", "norm"):
             table.add_column(column, justify="right")
     for name, dtype, shape, kind, note, checksum in _rows(manifest):
         label = Text(name) + (Text(f" ({kind})", style="dim") if kind != "parameter" else Text())
-        cells: list[Any] = [label, dtype, str(list(shape)), f"{math.prod(shape):,}", note, checksum or ""]
+        cells: list[Any] = [label, dtype, str(list(shape)), f"{math.prod(shape):,}", note]
+        if checksums:
+            cells.append(checksum or "")
         if stats is not None:
             row = stats.get(name)
             cells += [_fmt(row[k]) if row else "" for k in ("mean", "std", "min", "max", "norm")]
