@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -58,15 +59,17 @@ def _arguments(example_inputs: Any) -> tuple[tuple, dict]:
 def _quiet() -> Any:
     """The exporter reports progress on stdout and warns about optional packages (torchvision): noise
     in a library call. Errors still raise."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._subclasses")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)  # a failed trace logs its traceback before raising it to us
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _run_exporter(model: nn.Module, example_inputs: Any, dynamic_shapes: Any, where: str) -> Any:
@@ -81,8 +84,15 @@ def _run_exporter(model: nn.Module, example_inputs: Any, dynamic_shapes: Any, wh
             return torch.onnx.export(model, args, kwargs=kwargs, dynamo=True, optimize=False, verbose=False,
                                      dynamic_shapes=dynamic_shapes)
     except Exception as e:  # the exporter raises many types; all mean "this model did not export"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise FormatError(f"{where}: torch.onnx.export failed: {first}") from e
+        raise FormatError(f"{where}: torch.onnx.export failed: {_root_cause(e)}") from e
+
+
+def _root_cause(error: BaseException) -> str:
+    """The first line of the innermost cause (the exporter wraps it in several layers of advice)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 def export_graph(model: nn.Module, example_inputs: Any, draft: Manifest, *, dynamic_shapes: Any = None,
