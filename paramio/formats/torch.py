@@ -1,0 +1,256 @@
+"""PyTorch ``.pt`` / ``.pth`` / ``.bin``: a plain state dict written by ``torch.save``, so that
+``model.load_state_dict(torch.load(p))`` works; ties are native storage sharing (an alias is the very tensor
+of its canonical, a view a view of its base) and the manifest rides in the state dict's
+``_metadata["paramio.manifest"]``, which survives ``torch.load(weights_only=True)``.
+
+Reading uses ``torch.load(weights_only=True)`` only, memory-mapped where the file is a zip archive: a pickle
+that would run code or build anything but tensors and containers is refused before it runs. Files from other
+programs import too: a plain state dict, or a training checkpoint ``{"state_dict": ...}`` /
+``{"model": ...}`` whose nested dicts flatten to dotted names. Non-tensor leaves (an epoch, a learning rate,
+optimizer state outside the weights) are skipped and their names listed in the metadata under
+``paramio.skipped``: they are common in training checkpoints and are not parameters, so refusing the file
+would only make users unpack it by hand, while listing them keeps the skip visible. Names that share storage
+become links ``{alias: first key}``; tensors that overlap without being the same view have no faithful form
+without a paramio manifest and are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import warnings
+import zipfile
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..atomic import Staging
+from ..dtypes import dtype_name
+from ..errors import FormatError, TieError
+from ..manifest import Manifest, TensorEntry
+from ..ties import plan_ties
+from .base import FileContents, Format, Reader, StoredTensor, Writer
+
+__all__ = ["TorchFormat", "MANIFEST_KEY", "SKIPPED_KEY"]
+
+MANIFEST_KEY = "paramio.manifest"
+#: Metadata key listing (as a JSON array) the non-tensor entries of a checkpoint that were not imported.
+SKIPPED_KEY = "paramio.skipped"
+#: Keys under which training checkpoints keep the model's state dict.
+_WRAPPERS = ("state_dict", "model")
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+class TorchWriter(Writer):
+    """``torch.save`` needs the whole dict: tensors are collected as they come and saved in ``finish``."""
+
+    def __init__(self, temp: Path, final: Path, staging: Staging, draft: Manifest, options: Mapping[str, Any]):
+        super().__init__(temp, final, staging, draft, options)
+        self._tensors: dict[str, torch.Tensor] = {}
+
+    def write_tensor(self, entry: TensorEntry, tensor: torch.Tensor) -> None:
+        # A tensor that is a part of a larger storage would make torch.save write all of that storage.
+        if tensor.storage_offset() or tensor.untyped_storage().nbytes() != tensor.nbytes:
+            tensor = tensor.clone()
+        self._tensors[entry.name] = tensor
+
+    def finish(self, manifest: Manifest) -> None:
+        state = _state_dict(manifest, self._tensors)
+        # To an open file, not a path: torch.save names the zip's inner folder after the file's stem, which
+        # would leak the temporary name into the bytes.
+        with open(self.temp, "wb") as fh:
+            torch.save(state, fh)
+        self._tensors.clear()
+
+    def abort(self) -> None:
+        self._tensors.clear()
+
+
+def _state_dict(manifest: Manifest, tensors: Mapping[str, torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
+    """Stored tensors in manifest order, each followed by its views and aliases (a canonical always comes
+    before its aliases, as in the model's own state dict)."""
+    aliases: dict[str, list[str]] = {}
+    for group in manifest.ties:
+        aliases.setdefault(group.canonical, []).extend(group.aliases)
+    views: dict[str, list] = {}
+    for view in manifest.views:
+        views.setdefault(view.base, []).append(view)
+    state: OrderedDict[str, torch.Tensor] = OrderedDict()
+
+    def put(name: str, tensor: torch.Tensor) -> None:
+        state[name] = tensor
+        for alias in aliases.get(name, ()):
+            state[alias] = tensor
+
+    for entry in manifest.tensors:
+        base = tensors[entry.name]
+        put(entry.name, base)
+        for view in views.get(entry.name, ()):
+            put(view.name, base.as_strided(view.shape, view.stride, base.storage_offset() + view.offset))
+    state._metadata = OrderedDict([(MANIFEST_KEY, manifest.to_json())])  # type: ignore[attr-defined]
+    return state
+
+
+class TorchReader(Reader):
+    """Loads the whole pickle at open (memory-mapped: no tensor data is read until touched)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        try:
+            with open(self.path, "rb") as fh:
+                magic = fh.read(4)
+        except OSError as e:
+            raise FormatError(f"{self.path}: cannot read: {e.strerror or e}") from e
+        if not magic:
+            raise FormatError(f"{self.path}: empty file, not a PyTorch checkpoint")
+        zipped = magic == _ZIP_MAGIC
+        if zipped:
+            self._check_zip()
+        obj = self._load(zipped)
+        tensors, skipped, manifest_json = self._flatten(obj)
+        try:
+            plan = plan_ties(list(tensors.items()))
+        except TieError as e:
+            raise FormatError(f"{self.path}: {e}") from e
+        if plan.views and manifest_json is None:
+            views = ", ".join(f"`{v.name}` (a view of `{v.base}`)" for v in plan.views)
+            raise FormatError(
+                f"{self.path}: {views} share memory without being the same tensor (partial aliases), which a file "
+                "without a paramio manifest cannot describe; load it with torch.load and save it with "
+                "paramio.save, which stores them as views"
+            )
+        self._tensors = {name: tensors[name] for name in plan.stored}
+        self._links = {alias: group.canonical for group in plan.ties for alias in group.aliases
+                       if group.canonical in self._tensors}
+        self._manifest_json = manifest_json
+        self._metadata = {SKIPPED_KEY: json.dumps(skipped)} if skipped else {}
+
+    def _check_zip(self) -> None:
+        """Bounds-check the archive's records before torch maps them."""
+        size = self.path.stat().st_size
+        try:
+            with zipfile.ZipFile(self.path) as archive:
+                records = archive.infolist()
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+            raise FormatError(f"{self.path}: not a readable PyTorch checkpoint: corrupt or truncated zip archive "
+                              f"({e})") from e
+        for info in records:
+            if info.header_offset + info.compress_size > size:
+                raise FormatError(f"{self.path}: record `{info.filename}` runs past the end of the file "
+                                  f"({size} bytes; truncated?)")
+
+    def _load(self, zipped: bool) -> object:
+        """``torch.load(weights_only=True)``; mmap needs the zip format (legacy files are read whole)."""
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # torch's notes on legacy files and pickle protocols
+                return torch.load(self.path, map_location="cpu", weights_only=True, mmap=zipped)
+        except pickle.UnpicklingError as e:
+            raise FormatError(
+                f"{self.path}: refused by torch.load(weights_only=True) ({_reason(e)}); paramio never runs code "
+                "from a pickle: it reads only tensors and plain containers"
+            ) from e
+        except Exception as e:  # noqa: BLE001 - torch raises anything (RuntimeError, EOFError, KeyError ...)
+            what = "" if zipped else " (neither a zip archive nor a legacy torch.save pickle?)"
+            raise FormatError(f"{self.path}: not a readable PyTorch checkpoint{what}, corrupt or truncated: "
+                              f"{_reason(e)}") from e
+
+    def _flatten(self, obj: object) -> tuple[dict[str, torch.Tensor], list[str], str | None]:
+        """(dotted name -> tensor, skipped names, manifest JSON) for a state dict or a training checkpoint."""
+        if not isinstance(obj, Mapping):
+            raise FormatError(f"{self.path}: holds a {type(obj).__name__}, not a state dict (a mapping of names "
+                              "to tensors)")
+        skipped: list[str] = []
+        root: Mapping = obj
+        if not all(isinstance(v, torch.Tensor) for v in obj.values()):
+            key = next((k for k in _WRAPPERS if isinstance(obj.get(k), Mapping)), None)
+            if key is not None:
+                root = obj[key]
+                skipped = [str(k) for k in obj if k != key]
+        manifest_json = getattr(root, "_metadata", None)
+        manifest_json = manifest_json.get(MANIFEST_KEY) if isinstance(manifest_json, Mapping) else None
+        if manifest_json is not None and not isinstance(manifest_json, str):
+            raise FormatError(f"{self.path}: _metadata[{MANIFEST_KEY!r}] is not a string")
+        tensors: dict[str, torch.Tensor] = {}
+        detached: dict[int, torch.Tensor] = {}  # one detached tensor per object: identity ties empty tensors
+        stack = [("", iter(root.items()))]  # depth first, keeping the file's order
+        while stack:
+            prefix, items = stack[-1]
+            entry = next(items, None)
+            if entry is None:
+                stack.pop()
+                continue
+            key, value = entry
+            if not isinstance(key, (str, int)) or isinstance(key, bool):
+                raise FormatError(f"{self.path}: key {key!r} below `{prefix or '(top)'}` is not a name")
+            name = f"{prefix}{key}"
+            if isinstance(value, torch.Tensor):
+                if name in tensors:
+                    raise FormatError(f"{self.path}: two entries flatten to the name `{name}`")
+                if id(value) not in detached:
+                    detached[id(value)] = self._check(name, value)
+                tensors[name] = detached[id(value)]
+            elif isinstance(value, Mapping):
+                stack.append((f"{name}.", iter(value.items())))
+            else:
+                skipped.append(name)
+        return tensors, skipped, manifest_json
+
+    def _check(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.layout != torch.strided or tensor.is_quantized:
+            kind = "quantized" if tensor.is_quantized else f"a {tensor.layout} tensor"
+            raise FormatError(f"{self.path}: tensor `{name}` is {kind}; paramio stores dense tensors only (call "
+                              ".to_dense() or .dequantize() before saving)")
+        try:
+            dtype_name(tensor.dtype)
+        except ValueError as e:
+            raise FormatError(f"{self.path}: tensor `{name}`: {e}") from e
+        return tensor.detach()
+
+    def contents(self) -> FileContents:
+        return FileContents(
+            producer="torch",
+            stored=tuple(StoredTensor(n, dtype_name(t.dtype), tuple(t.shape)) for n, t in self._tensors.items()),
+            links=dict(self._links),
+            manifest_json=self._manifest_json,
+            metadata=dict(self._metadata),
+        )
+
+    def read(self, name: str) -> torch.Tensor:
+        try:
+            return self._tensors[name]
+        except KeyError:
+            raise FormatError(f"{self.path}: no tensor `{name}`") from None
+
+    def close(self) -> None:
+        self._tensors = {}
+
+
+def _reason(e: BaseException) -> str:
+    """One line from torch's (often multi-paragraph) error: the sentences that say what went wrong."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    keep = []
+    for line in lines:
+        if line.startswith(("Weights only load failed", "Check the documentation")):
+            continue
+        _, marker, rest = line.partition("WeightsUnpickler error:")
+        keep.append(rest.strip() if marker else line)
+    text = " ".join(k for k in keep if k) or (lines[0] if lines else type(e).__name__)
+    return text if len(text) <= 200 else text[:199] + "…"
+
+
+class TorchFormat(Format):
+    name = "torch"
+    suffixes = (".pt", ".pth", ".bin")
+
+    @classmethod
+    def reader(cls, path: Path) -> TorchReader:
+        return TorchReader(path)
+
+    @classmethod
+    def writer(cls, temp: Path, final: Path, staging: Staging, draft: Manifest,
+               options: Mapping[str, Any]) -> TorchWriter:
+        return TorchWriter(temp, final, staging, draft, options)
