@@ -162,6 +162,18 @@ def test_export_keeps_exporter_constants_apart_from_parameters(tmp_path: Path) -
     assert paramio.load_into(Scaled(), path).unexpected == ()
 
 
+def test_export_is_the_inference_graph_and_leaves_the_model_training(tmp_path: Path) -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5), nn.BatchNorm1d(4))
+    model(torch.randn(8, 4))  # running statistics move away from their initial values
+    assert model.training
+    path = tmp_path / "dropout.onnx"
+    paramio.save(model, path, example_inputs=(torch.zeros(2, 4),))
+    assert model.training and model[1].training  # modes given back
+    x = torch.randn(2, 4)
+    expected = model.eval()(x).detach()
+    torch.testing.assert_close(torch.from_numpy(run(path, x)[0]), expected)
+
+
 def test_export_refuses_a_dtype_cast_the_graph_would_not_match(tmp_path: Path) -> None:
     path = tmp_path / "mlp.onnx"
     with pytest.raises(FormatError, match="cast the model"):
@@ -402,7 +414,7 @@ def test_initializers_of_unsupported_types_are_reported_not_dropped_silently(tmp
              helper.make_tensor("w", TensorProto.FLOAT, [2], [1.0, 2.0])]
     ck = paramio.load(_model_file(tmp_path / "strings.onnx", inits))
     assert set(ck) == {"w"}
-    assert ck.metadata == {"onnx.skipped_initializers": "words (STRING)"}
+    assert json.loads(ck.metadata["paramio.skipped"]) == ["words"]
 
 
 # -- hostile files -------------------------------------------------------------------------------------------

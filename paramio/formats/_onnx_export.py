@@ -57,15 +57,17 @@ def _arguments(example_inputs: Any) -> tuple[tuple, dict]:
 
 @contextlib.contextmanager
 def _quiet() -> Any:
-    """The exporter reports progress on stdout and warns about optional packages (torchvision): noise
-    in a library call. Errors still raise."""
+    """The exporter reports progress on stdout, logs about optional packages (torchvision) and logs a
+    failed trace before raising it: noise in a library call. Errors still raise, with their cause."""
     loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._subclasses")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.CRITICAL)  # a failed trace logs its traceback before raising it to us
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
+            # torch's own deprecations are not the user's to fix; UserWarnings (training mode...) still show
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
             yield
     finally:
         for logger, level in zip(loggers, levels):
@@ -79,12 +81,19 @@ def _run_exporter(model: nn.Module, example_inputs: Any, dynamic_shapes: Any, wh
     except ImportError as e:
         raise FormatError(f"{where}: exporting a graph needs the onnxscript package (pip install onnxscript); "
                           "or save without example_inputs for a weights-only ONNX file") from e
+    modes = {m: m.training for m in model.modules()}
     try:
+        # An ONNX file is for inference elsewhere: export in eval mode (dropout off, batch norm on its running
+        # statistics), as the TorchScript exporter did by default, and give the model its modes back.
+        model.eval()
         with _quiet():
             return torch.onnx.export(model, args, kwargs=kwargs, dynamo=True, optimize=False, verbose=False,
                                      dynamic_shapes=dynamic_shapes)
     except Exception as e:  # the exporter raises many types; all mean "this model did not export"
         raise FormatError(f"{where}: torch.onnx.export failed: {_root_cause(e)}") from e
+    finally:
+        for module, training in modes.items():
+            module.training = training
 
 
 def _root_cause(error: BaseException) -> str:

@@ -45,13 +45,14 @@ from ..manifest import Manifest, TensorEntry
 from ._protowire import LEN, field_header, fields
 from .base import FileContents, Format, Reader, StoredTensor, Writer
 
-__all__ = ["ONNXFormat", "ONNXReader", "ONNXWriter", "MANIFEST_KEY", "CONSTANTS_KEY", "PROTOBUF_LIMIT"]
+__all__ = ["ONNXFormat", "ONNXReader", "ONNXWriter", "MANIFEST_KEY", "CONSTANTS_KEY", "SKIPPED_KEY", "PROTOBUF_LIMIT"]
 
 MANIFEST_KEY = "paramio.manifest"
 #: Names of initializers that are graph constants of the exporter, not parameters (JSON list).
 CONSTANTS_KEY = "paramio.onnx.constants"
-#: Initializers of a foreign file whose type paramio has no dtype for (string, int4, fnuz floats...).
-SKIPPED_KEY = "onnx.skipped_initializers"
+#: Metadata key listing (a JSON array, as the .pt reader does) the initializers of a foreign file whose
+#: type paramio has no dtype for (string, int4, the fnuz float8s...): skipped, but visibly.
+SKIPPED_KEY = "paramio.skipped"
 #: protobuf refuses messages of 2 GiB or more.
 PROTOBUF_LIMIT = 2**31 - 1
 #: Weights containers: Identity on float8 needs opset 19; 21 is what onnxruntime and onnx both run.
@@ -276,7 +277,6 @@ class _Initializer:
 
     name: str
     dtype: str | None  # None: a type paramio has no dtype for
-    onnx_type: int
     shape: tuple[int, ...]
     raw: tuple[int, int] | None = None
     external: tuple[Path, int, int] | None = None
@@ -389,20 +389,20 @@ class ONNXReader(Reader):
         shape = tuple(int(d) for d in proto.dims)
         dtype = _NAMES.get(proto.data_type)
         if dtype is None:
-            return _Initializer(name, None, proto.data_type, shape)
+            return _Initializer(name, None, shape)
         numel = prod(shape)
         nbytes = numel * _ITEMSIZE[dtype]
         if proto.data_location == TensorProto.EXTERNAL:
-            return _Initializer(name, dtype, proto.data_type, shape, external=self._external(name, proto, nbytes))
+            return _Initializer(name, dtype, shape, external=self._external(name, proto, nbytes))
         if raw is not None:
             if raw[1] - raw[0] != nbytes:
                 raise self._fail(f"initializer `{name}`: shape {list(shape)} of {dtype} needs {nbytes} bytes, "
                                  f"raw_data holds {raw[1] - raw[0]}")
-            return _Initializer(name, dtype, proto.data_type, shape, raw=raw)
+            return _Initializer(name, dtype, shape, raw=raw)
         count = _typed_count(proto, dtype)
         if count != numel:
             raise self._fail(f"initializer `{name}`: shape {list(shape)} needs {numel} values, the file holds {count}")
-        return _Initializer(name, dtype, proto.data_type, shape, typed=proto)
+        return _Initializer(name, dtype, shape, typed=proto)
 
     def _external(self, name: str, proto: TensorProto, nbytes: int) -> tuple[Path, int, int]:
         """The data file, offset and length of an external tensor, each checked before anything is read:
@@ -447,7 +447,7 @@ class ONNXReader(Reader):
             if init.name in constants:
                 continue
             if init.dtype is None:
-                skipped.append(f"{init.name} ({TensorProto.DataType.Name(init.onnx_type) if init.onnx_type in TensorProto.DataType.values() else init.onnx_type})")
+                skipped.append(init.name)
                 continue
             if init.external is not None and init.external[2]:
                 # ONNX's only way to say "same tensor": two initializers on one external byte range
@@ -460,7 +460,7 @@ class ONNXReader(Reader):
             stored.append(StoredTensor(init.name, init.dtype, init.shape, kind))
         metadata = {k: v for k, v in self._props.items() if not k.startswith("paramio.")}
         if skipped:
-            metadata[SKIPPED_KEY] = ", ".join(skipped)
+            metadata[SKIPPED_KEY] = json.dumps(skipped)
         return FileContents(
             producer=self._model.producer_name or "onnx",
             stored=tuple(stored),
