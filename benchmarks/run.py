@@ -1,0 +1,387 @@
+"""Run the benchmarks: every tool x operation in its own process, runs interleaved, one markdown report.
+
+    python -m benchmarks            # the full suite (make bench): several minutes, ~15 GB of temporary files
+    python -m benchmarks --quick    # smaller cases, 2 runs (make bench-quick)
+
+Phases: ``small`` and ``gpt2`` (stock tool vs paramio, save and load, every available format), ``big``
+(paramio saves each format once, then ``convert`` safetensors -> HDF5 for its peak memory), and ``meta``
+(``read_manifest`` and ``paramio inspect`` on the gpt2 and big files: same names, 4x the bytes). Within a
+phase each run goes through every operation once, stock and paramio side by side (their order flips every
+run), so that a slow moment of the shared machine hits both. Ratios are of medians from the same phase.
+Checkpoints live in a temporary folder that is removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks import cases
+from benchmarks.tools import FORMATS, SUFFIX, path_for
+
+__all__ = ["main", "Job", "TARGETS"]
+
+REPO = Path(__file__).resolve().parent.parent
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Job:
+    case: str
+    fmt: str
+    side: str
+    action: str
+
+    def label(self) -> str:
+        return f"{self.case} {self.fmt} {self.side} {self.action}"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A stated target: ``paramio op / stock op`` (time or extra memory) at most ``limit``."""
+
+    title: str
+    case: str
+    fmt: str
+    paramio: str
+    stock: str
+    limit: float
+    metric: str = "time"  # time | extra | convert | constant
+
+
+TARGETS: tuple[Target, ...] = (
+    Target("safetensors save vs save_file (checksums included)", "gpt2", "safetensors", "save", "save", 1.10),
+    Target("safetensors load verify=False vs load_file", "gpt2", "safetensors", "load_noverify", "load", 1.25),
+    Target("safetensors load verified vs load_file", "gpt2", "safetensors", "load", "load", 3.0),
+    Target("safetensors 20k small tensors: save", "small", "safetensors", "save", "save", 1.5),
+    Target("safetensors 20k small tensors: load (verified)", "small", "safetensors", "load", "load", 1.5),
+    Target("HDF5 save vs plain h5py", "gpt2", "hdf5", "save", "save", 1.10),
+    Target("HDF5 load (verified) vs plain h5py", "gpt2", "hdf5", "load", "load", 0.5),
+    Target("HDF5 20k small tensors: save", "small", "hdf5", "save", "save", 1.0),
+    Target("HDF5 20k small tensors: load (verified)", "small", "hdf5", "load", "load", 1.0),
+    Target("ONNX save vs stock onnx", "gpt2", "onnx", "save", "save", 0.33),
+    Target("ONNX load (verified) vs stock onnx", "gpt2", "onnx", "load", "load", 0.33),
+    Target("ONNX save: extra peak memory vs stock onnx", "gpt2", "onnx", "save", "save", 0.45, "extra"),
+    Target(".pt save vs torch.save", "gpt2", "torch", "save", "save", 1.10),
+    Target(".pt load (verified) vs torch.load", "gpt2", "torch", "load", "load", 1.10),
+    Target("convert big safetensors -> HDF5: extra peak <= largest tensor + 300 MiB", "big", "safetensors",
+           "convert", "", 1.0, "convert"),
+    *(Target(f"read_manifest {f}: big / gpt2 time (constant in size)", "big", f, "read_manifest", "", 1.5,
+             "constant") for f in FORMATS),
+    *(Target(f"paramio inspect {f}: big / gpt2 time (constant in size)", "big", f, "inspect", "", 1.5,
+             "constant") for f in FORMATS),
+)
+
+
+# -- running -------------------------------------------------------------------------------------------
+#: Set by ``--in-process`` (smoke tests only): run operations here instead of in fresh processes.
+_IN_PROCESS = False
+
+
+def _run_job(job: Job, folder: Path, scale: str, dst: Path | None = None) -> dict:
+    if _IN_PROCESS:
+        from benchmarks.worker import run_job
+
+        return run_job(job.case, scale, job.fmt, job.side, job.action, folder, dst)
+    cmd = [sys.executable, "-m", "benchmarks.worker", "--case", job.case, "--scale", scale, "--format", job.fmt,
+           "--side", job.side, "--action", job.action, "--dir", str(folder)]
+    if dst is not None:
+        cmd += ["--dst", str(dst)]
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
+    except subprocess.TimeoutExpired:
+        return {"error": "timed out after 1800 s"}
+    lines = proc.stdout.strip().splitlines()
+    try:
+        return json.loads(lines[-1])
+    except (IndexError, ValueError):
+        return {"error": f"exit {proc.returncode}: {proc.stderr.strip()[-400:]}"}
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _show(result: dict) -> str:
+    if "error" in result:
+        return "ERROR " + result["error"]
+    return f"{result['time'] * 1e3:9.1f} ms  extra {result['extra'] / MiB:8.1f} MiB"
+
+
+def _interleave(jobs: Sequence[Job], runs: int, folder: Path, scale: str, results: dict, phase: str,
+                dst: dict[Job, Path] | None = None) -> None:
+    for r in range(runs):
+        order = list(jobs)
+        if r % 2:  # flip each stock/paramio neighbour pair so neither side always runs first
+            for i in range(0, len(order) - 1, 2):
+                if order[i].fmt == order[i + 1].fmt and order[i].side != order[i + 1].side:
+                    order[i], order[i + 1] = order[i + 1], order[i]
+        for job in order:
+            res = _run_job(job, folder, scale, (dst or {}).get(job))
+            results.setdefault(job, []).append(res)
+            _log(f"[{phase} run {r + 1}/{runs}] {job.label():45s} {_show(res)}")
+
+
+def _compare_jobs(case: str, formats: Sequence[str]) -> list[Job]:
+    jobs = []
+    for f in formats:
+        jobs += [Job(case, f, "stock", "save"), Job(case, f, "paramio", "save"),
+                 Job(case, f, "stock", "load"), Job(case, f, "paramio", "load"),
+                 Job(case, f, "paramio", "load_noverify")]
+        if f == "torch":
+            jobs.append(Job(case, f, "stock", "load_mmap"))
+    return jobs
+
+
+def available_formats(wanted: Sequence[str]) -> list[str]:
+    """Formats whose paramio module imports; the others are skipped, saying why."""
+    from paramio.errors import FormatError
+    from paramio.formats.registry import by_name
+
+    out = []
+    for f in wanted:
+        try:
+            by_name(f)
+        except FormatError as e:
+            _log(f"skipping format {f}: {e}")
+            continue
+        except Exception as e:  # a module being written may fail to import in any way
+            _log(f"skipping format {f}: its module does not import: {type(e).__name__}: {e}")
+            continue
+        out.append(f)
+    return out
+
+
+# -- reporting -----------------------------------------------------------------------------------------
+def _ok(rs: list[dict] | None) -> list[dict]:
+    return [r for r in rs or [] if "error" not in r]
+
+
+def _median(rs: list[dict] | None, key: str = "time") -> float | None:
+    good = _ok(rs)
+    return statistics.median(r[key] for r in good) if good else None
+
+
+def _err(rs: list[dict] | None) -> str | None:
+    bad = [r["error"] for r in rs or [] if "error" in r]
+    return bad[0] if bad else None
+
+
+def _time_cell(rs: list[dict] | None, nbytes: int, count: int) -> str:
+    good = _ok(rs)
+    if not good:
+        return f"error: {_err(rs)}" if rs else "-"
+    ts = [r["time"] for r in good]
+    med = statistics.median(ts)
+    rate = f"{nbytes / med / 1e9:.2f} GB/s" if med > 0 else ""
+    per = f", {med / count * 1e6:.1f} µs/t" if count >= 1000 else ""
+    return f"{med * 1e3:.1f} ms [{min(ts) * 1e3:.1f}–{max(ts) * 1e3:.1f}] ({rate}{per})"
+
+
+def _mem_cell(rs: list[dict] | None, nbytes: int) -> str:
+    extra = _median(rs, "extra")
+    if extra is None:
+        return "-"
+    return f"{extra / MiB:.0f} MiB ({extra / nbytes:.2f}×)"
+
+
+def _ratio(p: float | None, s: float | None) -> float | None:
+    return p / s if p is not None and s else None
+
+
+def case_table(case: str, spec: cases.Spec, formats: Sequence[str], results: dict) -> str:
+    n = len(spec.shapes)
+    head = (f"### {case}: {n} tensors{' + 1 tied alias' if spec.aliases else ''}, {spec.nbytes / 1e6:.0f} MB "
+            f"(largest {spec.largest / 1e6:.0f} MB)\n\n"
+            "| format | operation | stock | paramio | paramio / stock | stock extra peak | paramio extra peak |\n"
+            "|---|---|---|---|---|---|---|\n")
+    rows = []
+    for f in formats:
+        for label, p_action, s_action in (("save", "save", "save"), ("load (verified)", "load", "load"),
+                                           ("load verify=False", "load_noverify", "load")) + (
+                                          (("load vs torch.load(mmap=True)", "load", "load_mmap"),)
+                                          if f == "torch" else ()):
+            p = results.get(Job(case, f, "paramio", p_action))
+            s = results.get(Job(case, f, "stock", s_action))
+            if p is None and s is None:
+                continue
+            ratio = _ratio(_median(p), _median(s))
+            rows.append(f"| {f} | {label} | {_time_cell(s, spec.nbytes, n)} | {_time_cell(p, spec.nbytes, n)} | "
+                        f"{'-' if ratio is None else f'{ratio:.2f}×'} | {_mem_cell(s, spec.nbytes)} | "
+                        f"{_mem_cell(p, spec.nbytes)} |")
+    return head + "\n".join(rows) + "\n"
+
+
+def big_table(spec: cases.Spec, formats: Sequence[str], results: dict) -> str:
+    out = (f"### big: {len(spec.shapes)} tensors + 1 tied alias, {spec.nbytes / 1e9:.2f} GB "
+           f"(largest {spec.largest / MiB:.0f} MiB), one run each\n\n"
+           "| operation | time | extra peak |\n|---|---|---|\n")
+    for f in formats:
+        rs = results.get(Job("big", f, "paramio", "save"))
+        if rs:
+            out += f"| paramio save {f} | {_time_cell(rs, spec.nbytes, 1)} | {_mem_cell(rs, spec.nbytes)} |\n"
+    rs = results.get(Job("big", "safetensors", "paramio", "convert"))
+    if rs:
+        out += (f"| convert safetensors -> HDF5 | {_time_cell(rs, spec.nbytes, 1)} | "
+                f"{_mem_cell(rs, spec.nbytes)} |\n")
+    return out
+
+
+def meta_table(formats: Sequence[str], results: dict) -> str:
+    out = "### read_manifest / inspect (no tensor data read)\n\n| format | operation | gpt2 | big | big / gpt2 | bytes read (big) |\n|---|---|---|---|---|---|\n"
+    for f in formats:
+        for action in ("read_manifest", "inspect"):
+            small, big = results.get(Job("gpt2", f, "paramio", action)), results.get(Job("big", f, "paramio", action))
+            if small is None and big is None:
+                continue
+            ms, mb = _median(small), _median(big)
+            rchar = _median(big, "rchar")
+            cells = [f"{m * 1e3:.1f} ms" if m is not None else (f"error: {_err(rs)}" if rs else "-")
+                     for m, rs in ((ms, small), (mb, big))]
+            ratio = _ratio(mb, ms)
+            out += (f"| {f} | {action} | {cells[0]} | {cells[1]} | {'-' if ratio is None else f'{ratio:.2f}×'} | "
+                    f"{'-' if rchar is None else f'{rchar / 1e6:.2f} MB'} |\n")
+    return out
+
+
+def target_rows(results: dict, specs: dict[str, cases.Spec]) -> tuple[str, int, int]:
+    out = "### Targets\n\n| target | measured | limit | met |\n|---|---|---|---|\n"
+    met = total = 0
+    for t in TARGETS:
+        if t.metric == "convert":
+            rs = results.get(Job("big", "safetensors", "paramio", "convert"))
+            extra = _median(rs, "extra")
+            if extra is None or "big" not in specs:
+                continue
+            limit = specs["big"].largest + 300 * MiB
+            value, limit_text, ok = extra / MiB, f"{limit / MiB:.0f} MiB", extra <= limit
+            shown = f"{value:.0f} MiB"
+        else:
+            if t.metric == "constant":
+                value = _ratio(_median(results.get(Job("big", t.fmt, "paramio", t.paramio))),
+                               _median(results.get(Job("gpt2", t.fmt, "paramio", t.paramio))))
+            else:
+                key = "extra" if t.metric == "extra" else "time"
+                value = _ratio(_median(results.get(Job(t.case, t.fmt, "paramio", t.paramio)), key),
+                               _median(results.get(Job(t.case, t.fmt, "stock", t.stock)), key))
+            if value is None:
+                if any(j.fmt == t.fmt and j.case == t.case for j in results):
+                    out += f"| {t.title} | not measured (error) | ≤ {t.limit}× | no |\n"
+                    total += 1
+                continue
+            ok = value <= t.limit
+            shown, limit_text = f"{value:.2f}×", f"≤ {t.limit}×"
+        total += 1
+        met += ok
+        out += f"| {t.title} | {shown} | {limit_text} | {'yes' if ok else '**no**'} |\n"
+    return out, met, total
+
+
+def _header(scale: str, runs: int, formats: Sequence[str]) -> str:
+    import h5py
+    import onnx
+    import safetensors
+    import torch
+
+    import paramio
+
+    return (f"paramio {paramio.__version__} benchmarks, {datetime.date.today().isoformat()}, "
+            f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"torch {torch.__version__}, safetensors {safetensors.__version__}, h5py {h5py.__version__} "
+            f"(HDF5 {h5py.version.hdf5_version}), onnx {onnx.__version__}; scale {scale}, {runs} runs, "
+            f"formats: {', '.join(formats) or 'none'}. Times are medians [min–max] of the operation inside "
+            f"its own process; loads include summing every tensor; extra peak = peak RSS minus RSS right "
+            f"before the operation (x the checkpoint's bytes).\n")
+
+
+# -- main ----------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smaller cases and 2 runs: a smoke run")
+    ap.add_argument("--scale", choices=cases.SCALES, help="case size (default full, or quick with --quick)")
+    ap.add_argument("--runs", type=int, help="interleaved runs per phase (default 5, or 2 with --quick)")
+    ap.add_argument("--cases", default=",".join(cases.CASES), help="comma-separated subset of small,gpt2,big")
+    ap.add_argument("--formats", default=",".join(FORMATS), help="comma-separated subset of formats")
+    ap.add_argument("--tmp", type=Path, help="parent folder for the temporary checkpoints (never the repo)")
+    ap.add_argument("--json", type=Path, help="also write every raw measurement here")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary checkpoints")
+    ap.add_argument("--in-process", action="store_true",
+                    help="run every operation in this process (smoke tests only: the numbers mean nothing)")
+    args = ap.parse_args(argv)
+    global _IN_PROCESS
+    _IN_PROCESS = args.in_process
+
+    scale = args.scale or ("quick" if args.quick else "full")
+    runs = args.runs or (2 if args.quick else 5)
+    wanted_cases = [c for c in args.cases.split(",") if c]
+    unknown = set(wanted_cases) - set(cases.CASES)
+    if unknown:
+        ap.error(f"unknown cases {sorted(unknown)}")
+    formats = available_formats([f for f in args.formats.split(",") if f])
+    specs = {c: cases.spec(c, scale) for c in wanted_cases}
+
+    folder = Path(tempfile.mkdtemp(prefix="paramio-bench-", dir=args.tmp))
+    if REPO in folder.resolve().parents:
+        shutil.rmtree(folder)
+        ap.error("--tmp must be outside the repository")
+    _log(f"checkpoints in {folder}")
+    results: dict[Job, list[dict]] = {}
+    try:
+        for case in ("small", "gpt2"):
+            if case not in specs:
+                continue
+            saves = [Job(case, f, side, "save") for f in formats for side in ("stock", "paramio")]
+            _interleave(saves, 1, folder, scale, {}, f"{case} prepare")
+            _interleave(_compare_jobs(case, formats), runs, folder, scale, results, case)
+            for f in formats:  # keep paramio's gpt2 files for the meta phase
+                for p in folder.glob(f"{case}.stock{SUFFIX[f]}*"):
+                    p.unlink()
+            if case == "small":
+                for p in folder.glob("small.*"):
+                    p.unlink()
+        if "big" in specs:
+            _interleave([Job("big", f, "paramio", "save") for f in formats], 1, folder, scale, results, "big")
+            if "safetensors" in formats and "hdf5" in formats:
+                job = Job("big", "safetensors", "paramio", "convert")
+                _interleave([job], min(runs, 3), folder, scale, results, "big",
+                            {job: folder / "big.convert.h5"})
+                (folder / "big.convert.h5").unlink(missing_ok=True)
+        meta = [Job(c, f, "paramio", a) for f in formats for a in ("read_manifest", "inspect")
+                for c in ("gpt2", "big") if c in specs and path_for(folder, c, f, "paramio").exists()]
+        _interleave(meta, runs, folder, scale, results, "meta")
+    finally:
+        if args.keep:
+            _log(f"kept {folder}")
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    report = [_header(scale, runs, formats)]
+    for case in ("small", "gpt2"):
+        if case in specs:
+            report.append(case_table(case, specs[case], formats, results))
+    if "big" in specs:
+        report.append(big_table(specs["big"], formats, results))
+    if any(j.action in ("read_manifest", "inspect") for j in results):
+        report.append(meta_table(formats, results))
+    rows, met, total = target_rows(results, specs)
+    report.append(rows + f"\n{met} of {total} targets met"
+                  + ("" if scale == "full" else f" (scale {scale}: targets are stated for the full cases)") + ".\n")
+    print("\n".join(report))
+    if args.json:
+        args.json.write_text(json.dumps([{"job": j.__dict__, "runs": rs} for j, rs in results.items()], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

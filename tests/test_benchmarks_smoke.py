@@ -1,0 +1,31 @@
+"""The benchmark harness runs end to end on a tiny case (no timings are checked: they belong to `make bench`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+run = pytest.importorskip("benchmarks.run")
+
+
+def test_harness_prints_the_table_and_targets_and_cleans_up(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = run.main(["--scale", "tiny", "--runs", "1", "--cases", "gpt2", "--formats", "safetensors",
+                     "--in-process", "--tmp", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "| safetensors | save |" in out and "| safetensors | load (verified) |" in out
+    assert "error" not in out
+    assert "safetensors save vs save_file" in out and "targets met" in out
+    assert "| safetensors | read_manifest |" in out
+    assert list(tmp_path.iterdir()) == []  # the temporary checkpoints are gone
+
+
+def test_the_generated_cases_are_deterministic_and_tied() -> None:
+    from benchmarks import cases
+
+    spec = cases.spec("gpt2", "tiny")
+    a, b = cases.state_dict(spec), cases.state_dict(spec)
+    assert a[cases.ALIAS] is a[cases.CANONICAL]
+    assert all(a[name].equal(b[name]) for name in a)
+    assert sum(t.numel() * 4 for n, t in a.items() if n != cases.ALIAS) == spec.nbytes
