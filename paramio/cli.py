@@ -32,11 +32,15 @@ from rich.text import Text
 from rich.traceback import Traceback
 from torch import nn
 
+import paramio
+
 from ._version import __version__
+from .atomic import staged
 from .dtypes import DTYPES
-from .errors import ParamioError, TieError, UninitializedParameterError
+from .errors import FormatError, ParamioError, TieError, UninitializedParameterError
 from .formats.registry import FORMATS, for_path
 from .manifest import Manifest, json_schemas
+from .reading import manifest_of, open_file, read_verified
 from .writing import parse_dtype
 
 __all__ = ["app", "main", "manifest_table", "tensor_stats", "EXIT_OK", "EXIT_FINDING", "EXIT_ERROR", "EXIT_BUG"]
@@ -180,7 +184,8 @@ def _parse_example_input(text: str) -> ExampleInput:
         if any(d < 0 for d in shape) or not dims:
             raise ValueError
     except ValueError:
-        raise typer.BadParameter(f"{text!r}: expected a shape like 2x4, optionally with a dtype: 2x8:int64") from None
+        raise typer.BadParameter(f"{text!r}: expected a shape like 2x4, optionally with a dtype: 2x8:int64"
+                                 ) from None
     name = _INT_SHORT.get(dtype_text.lower(), dtype_text.lower()) or "float32"
     if name not in DTYPES:
         try:
@@ -245,7 +250,8 @@ def _import_target(spec: str, target: str) -> Any:
         folder = str(path.resolve().parent)
         if folder not in sys.path:
             sys.path.insert(0, folder)  # so the file can import its neighbours
-        name = path.stem if path.stem.isidentifier() and path.stem not in sys.modules else f"_paramio_user_{path.stem}"
+        free = path.stem.isidentifier() and path.stem not in sys.modules
+        name = path.stem if free else f"_paramio_user_{path.stem}"
         module_spec = importlib.util.spec_from_file_location(name, path)
         if module_spec is None or module_spec.loader is None:
             raise _InputError(f"{spec}: cannot import {target} as a Python module")
@@ -307,7 +313,8 @@ def _run_forward(spec: str, model: nn.Module, inputs: tuple[torch.Tensor, ...], 
             if backward:
                 loss = _first_tensor(out)
                 if loss is None or not loss.is_floating_point():
-                    raise _InputError(f"{spec}: --grads: the forward pass returned no floating tensor to backpropagate")
+                    raise _InputError(f"{spec}: --grads: the forward pass returned no floating tensor to "
+                                      "backpropagate")
                 loss.float().sum().backward()
     except _InputError:
         raise
@@ -364,8 +371,6 @@ def tensor_stats(tensor: torch.Tensor) -> dict[str, float | None]:
 
 def _read_stats(path: str) -> dict[str, dict[str, float | None]]:
     """Statistics of every stored tensor and view, reading one tensor at a time (checksums verified)."""
-    from .reading import manifest_of, open_file, read_verified
-
     out = {}
     with open_file(path) as reader:
         manifest = manifest_of(reader)
@@ -458,7 +463,7 @@ def _size(n: int) -> str:
     return f"{n} B"  # pragma: no cover
 
 
-def _finite(value: float | None) -> float | str | None:
+def _json_number(value: float | None) -> float | str | None:
     if value is None or math.isfinite(value):
         return value
     return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
@@ -470,9 +475,9 @@ def _finite(value: float | None) -> float | str | None:
 @app.command()
 def export(
     source: Annotated[str, typer.Argument(
-        metavar="SOURCE", help="A factory returning an nn.Module (package.module:callable or path/to/file.py:callable; the "
-        "current folder is importable), or a checkpoint file (.pt/.pth/.bin state dict, or any format paramio reads).",
-        show_default=False)],
+        metavar="SOURCE", show_default=False,
+        help="A factory returning an nn.Module (package.module:callable or path/to/file.py:callable; the current "
+        "folder is importable), or a checkpoint file (.pt/.pth/.bin state dict, or any format paramio reads).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The file to write; its suffix picks the format.",
                                       show_default=False)],
     format: Annotated[FormatName | None, typer.Option("--format", "-f", help="Format, if not the suffix's.")] = None,
@@ -480,15 +485,14 @@ def export(
     grads: Annotated[bool, typer.Option("--grads", help="Also save gradients (with --example-input: of a "
                                         "backward pass of the first output's sum). A file keeps its own.")] = False,
     dtype: Annotated[str | None, typer.Option("--dtype", callback=_check_dtype,
-                                              help="Cast floating tensors: bf16, fp16, fp32, fp64, e4m3, e5m2.")] = None,
+                                              help="Cast floating tensors: bf16, fp16, fp32, fp64, e4m3, e5m2.")
+                     ] = None,
     metadata: Annotated[list[str] | None, typer.Option("--metadata", "-m", metavar="KEY=VALUE",
                                                        help="User metadata to record; repeatable.")] = None,
     checksum: Annotated[ChecksumChoice, typer.Option("--checksum", help="Per-tensor checksum: default "
                                                      "(xxh3-64), sha256 or none.")] = ChecksumChoice.default,
 ) -> None:
     """Save a model (from a factory) or a checkpoint file to OUT, ties kept."""
-    import paramio
-
     meta = _parse_metadata(metadata or [])
     if _is_factory(source):
         obj, inputs = _model_from(source, example_input, backward=grads)
@@ -497,25 +501,26 @@ def export(
             raise typer.BadParameter("--example-input needs a factory (package.module:callable), not a file")
         obj, inputs = paramio.load(source), None
     with _about_model(source):
-        manifest = paramio.save(obj, out, format=format.value if format else None, example_inputs=inputs, grads=grads,
-                                dtype=dtype, metadata=meta or None, checksum=checksum.value)
+        manifest = paramio.save(obj, out, format=format.value if format else None, example_inputs=inputs,
+                                grads=grads, dtype=dtype, metadata=meta or None, checksum=checksum.value)
     _status(f"wrote {out}: {_summary(manifest)}")
 
 
 @app.command()
 def convert(
     src: Annotated[Path, typer.Argument(metavar="IN", help="The file to read.", show_default=False)],
-    dst: Annotated[Path, typer.Argument(metavar="OUT", help="The file to write; its suffix picks the format.", show_default=False)],
+    dst: Annotated[Path, typer.Argument(metavar="OUT", help="The file to write; its suffix picks the format.",
+                                        show_default=False)],
     dtype: Annotated[str | None, typer.Option("--dtype", callback=_check_dtype,
-                                              help="Cast floating tensors: bf16, fp16, fp32, fp64, e4m3, e5m2.")] = None,
+                                              help="Cast floating tensors: bf16, fp16, fp32, fp64, e4m3, e5m2.")
+                     ] = None,
     format: Annotated[FormatName | None, typer.Option("--format", "-f", help="DST's format, if not the suffix's.")
                       ] = None,
 ) -> None:
     """Convert SRC to DST one tensor at a time, ties kept (a progress bar on a terminal)."""
-    import paramio
-
     with _progress(src) as progress:
-        manifest = paramio.convert(src, dst, format=format.value if format else None, dtype=dtype, progress=progress)
+        manifest = paramio.convert(src, dst, format=format.value if format else None, dtype=dtype,
+                                   progress=progress)
     _status(f"wrote {dst}: {_summary(manifest)}")
 
 
@@ -526,7 +531,6 @@ def _progress(src: Path) -> Iterator[Callable[[str, int], None] | None]:
     if not console.is_terminal:
         yield None
         return
-    import paramio
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
     total = sum(t.numel * DTYPES[t.dtype].itemsize for t in paramio.read_manifest(src).tensors)
@@ -549,15 +553,13 @@ def inspect(
                                         "checksums are verified).")] = False,
 ) -> None:
     """List every name in FILE: dtype, shape, ties, checksum. Reads no tensor data without --stats."""
-    import paramio
-
     manifest = paramio.read_manifest(file)
     numbers = _read_stats(str(file)) if stats else None
     fmt = for_path(file).name
     if json_:
         payload: dict[str, Any] = {"file": str(file), "format": fmt, "manifest": json.loads(manifest.to_json())}
         if numbers is not None:
-            payload["stats"] = {n: {k: _finite(v) for k, v in s.items()} for n, s in numbers.items()}
+            payload["stats"] = {n: {k: _json_number(v) for k, v in s.items()} for n, s in numbers.items()}
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
         return
     producer = manifest.producer
@@ -584,8 +586,6 @@ def validate(
     example_input: ExampleInputs = None,
 ) -> None:
     """Check FILE whole (manifest, structure, checksums) and, with --against, its names, shapes and ties."""
-    import paramio
-
     expected = _model_or_path(against, example_input) if against is not None else None
     with _about_model(against):
         report = paramio.validate(file, against=expected)
@@ -609,8 +609,6 @@ def signature(
     example_input: ExampleInputs = None,
 ) -> None:
     """Print or save the signature (names, dtypes, shapes, ties) of a model or checkpoint."""
-    import paramio
-
     with _about_model(source):
         text = paramio.signature(_model_or_path(source, example_input)).to_json() + "\n"
     if out is None:
@@ -622,11 +620,11 @@ def signature(
 
 def _write_text(path: Path, text: str) -> None:
     """Write through a temporary name, so a failure leaves the previous file as it was."""
-    from .atomic import staged
-
-    with staged() as staging:
-        temp = staging.temp_for(path)
-        temp.write_text(text, encoding="utf-8")
+    try:
+        with staged() as staging:
+            staging.temp_for(path).write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise FormatError(f"{path}: cannot write: {e.strerror or e}") from e
 
 
 @app.command()
@@ -637,13 +635,11 @@ def diff(
                                              help="Largest absolute difference still counted as equal.")] = 0.0,
 ) -> None:
     """Compare two checkpoints: names, dtypes, shapes, values and ties. Exit 0 when equal, 1 when not."""
-    import paramio
-
     result = paramio.diff(a, b, tolerance=tolerance)
     console = _stdout()
     if result.equal:
         within = f" within {tolerance:g}" if tolerance else ""
-        console.print(f"{a} and {b} are equal{within} (max abs difference {result.max_abs:.4g})")
+        console.print(f"{a} and {b} are equal{within} (max abs difference {result.max_abs:.4g})", soft_wrap=True)
         return
     console.print(f"{a} and {b} differ:", soft_wrap=True)
     lines = [f"only in A: {n}" for n in result.only_in_a] + [f"only in B: {n}" for n in result.only_in_b]
@@ -664,20 +660,21 @@ def _change_line(detail: Any, name: str) -> str:
         return f"changed: {name}"
     if detail.reason == "values":
         return f"values: {name} (max abs {detail.max_abs:.4g}, relative L2 {detail.rel_l2:.3g})"
-    return f"{detail.reason}: {name} ({detail.a} in A, {detail.b} in B)"
+    a, b = (s.removeprefix("torch.") for s in (detail.a, detail.b))
+    return f"{detail.reason}: {name} ({a} in A, {b} in B)"
 
 
 @app.command()
 def schema(
     check: Annotated[bool, typer.Option("--check", help="Write nothing; exit 1 naming stale or missing files.")
                      ] = False,
-    dir: Annotated[Path, typer.Option("--dir", help="Where the schema files live.", file_okay=False)
-                   ] = _SCHEMA_DIR,
+    folder: Annotated[Path, typer.Option("--dir", help="Where the schema files live.", file_okay=False)
+                      ] = _SCHEMA_DIR,
 ) -> None:
     """Write the manifest and signature JSON Schemas (generated from the models) to schemas/."""
     stale = []
     for filename, text in json_schemas().items():
-        path = dir / filename
+        path = folder / filename
         try:
             current = path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -692,10 +689,11 @@ def schema(
     if check and stale:
         console = _stdout()
         for path in stale:
-            console.print(f"{path}: {'missing' if not path.exists() else 'stale'}; run `paramio schema` to regenerate")
+            state = "stale" if path.exists() else "missing"
+            console.print(f"{path}: {state}; run `paramio schema` to regenerate", soft_wrap=True)
         raise typer.Exit(EXIT_FINDING)
     if not stale:
-        _status(f"{dir}: schemas up to date")
+        _status(f"{folder}: schemas up to date")
 
 
 def main() -> None:

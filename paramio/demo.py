@@ -131,7 +131,7 @@ def _onnxruntime_matches(path: Path, x: torch.Tensor, expected: torch.Tensor) ->
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     same = torch.allclose(torch.from_numpy(out), expected, atol=1e-5)
-    return "runs in onnxruntime: same outputs" if same else "onnxruntime output DIFFERS"
+    return "onnxruntime agrees" if same else "onnxruntime output DIFFERS"
 
 
 def _round_trip(case: Case, fmt: str, path: Path, x: torch.Tensor) -> Outcome:
