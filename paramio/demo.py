@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     formats = _available_formats()
     console.print(Text(f"paramio {paramio.__version__} demo", style="bold") +
-                  Text(f" · formats: {', '.join(f for f, _ in formats)} · files in {args.out}/"))
+                  Text(f": {', '.join(f for f, _ in formats)} → {args.out}/"))
     torch.manual_seed(0)
     passed = all([run_case(case, args.out, formats, console) for case in CASES])
     console.print(Text("every tie restored: the two names are one Parameter again, outputs are equal, and the "

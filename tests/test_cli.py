@@ -56,6 +56,16 @@ def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
+def user_imports(monkeypatch: pytest.MonkeyPatch):
+    """Undo what importing a user's model file does to sys.path and sys.modules."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    before = set(sys.modules)
+    yield
+    for name in set(sys.modules) - before:
+        del sys.modules[name]
+
+
+@pytest.fixture
 def mlp_file(here: Path) -> Path:
     run("export", f"{EXAMPLES}:tied_mlp", "-o", "mlp.safetensors")
     return here / "mlp.safetensors"
@@ -193,14 +203,10 @@ def test_export_from_the_users_own_module(tmp_path: Path) -> None:
     assert ck["0.weight"] is ck["2.weight"]
 
 
-def test_export_from_a_python_file_path(here: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sys, "path", list(sys.path))  # the command puts the file's folder on it
+def test_export_from_a_python_file_path(here: Path, user_imports: None) -> None:
     (here / "models").mkdir()
     (here / "models" / "paramio_test_models.py").write_text(MYMODELS)
-    try:
-        run("export", "models/paramio_test_models.py:tied", "-o", "mine.safetensors")
-    finally:
-        sys.modules.pop("paramio_test_models", None)
+    run("export", "models/paramio_test_models.py:tied", "-o", "mine.safetensors")
     assert paramio.read_manifest(here / "mine.safetensors").ties[0].aliases == ("2.weight",)
 
 
@@ -309,6 +315,29 @@ def test_inspect_stats_of_awkward_tensors(here: Path) -> None:
     assert stats["one"]["std"] == 0.0
     assert stats["inf"]["max"] == "inf"
     run("inspect", "--stats", "odd.safetensors")
+
+
+def test_inspect_lists_views_and_their_stats(here: Path) -> None:
+    base = torch.arange(6.0).reshape(2, 3)
+    paramio.save({"base": base, "row": base[1], "col": base.t()}, here / "views.safetensors")
+    out = run("inspect", "views.safetensors").stdout
+    assert "view of base (offset 3, stride [1])" in out and "view of base (offset 0, stride [1, 3])" in out
+    stats = json.loads(run("inspect", "--json", "--stats", "views.safetensors").stdout)["stats"]
+    assert stats["row"]["mean"] == 4.0 and stats["row"]["max"] == 5.0 and stats["col"]["mean"] == 2.5
+
+
+def test_export_a_model_with_an_unstorable_overlap(here: Path, user_imports: None) -> None:
+    (here / "overlap.py").write_text(
+        "import torch\nfrom torch import nn\n\n"
+        "def make():\n"
+        "    x = torch.arange(10.0)\n"
+        "    m = nn.Module()\n"
+        "    m.a, m.b = nn.Parameter(x[:6]), nn.Parameter(x[4:])\n"
+        "    return m\n"
+    )
+    result = run("export", "overlap.py:make", "-o", "o.safetensors", code=2)
+    one_line_error(result, "overlap.py:make", "`a`, `b`", "overlap")
+    assert not (here / "o.safetensors").exists()
 
 
 def test_tensor_stats_of_a_view_base_and_complex() -> None:
