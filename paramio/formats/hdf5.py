@@ -278,7 +278,7 @@ class HDF5Reader(Reader):
         for name, group, leaf in soft:
             try:
                 address = h5o.get_info(group, leaf).addr
-            except KeyError as e:
+            except (KeyError, RuntimeError, OSError) as e:
                 raise self._fail(f"soft link `{name}` points to nothing") from e
             if address not in canonical:
                 raise self._fail(f"soft link `{name}` points outside the tensor datasets; paramio cannot import it")
