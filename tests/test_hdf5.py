@@ -70,6 +70,19 @@ def test_bfloat16_and_float8_are_raw_bits_with_a_dtype_attribute(tmp_path: Path)
     assert all(same(ck[name], t) for name, t in tensors.items())
 
 
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128, torch.uint16, torch.uint32, torch.uint64],
+                         ids=str)
+def test_dtypes_beyond_the_shared_matrix(tmp_path: Path, dtype: torch.dtype) -> None:
+    path = tmp_path / "more.h5"
+    values = (torch.arange(12, dtype=torch.float64).reshape(3, 4) * 1.5 + 7).to(dtype)
+    paramio.save({"v": values, "scalar": values[0, 0].clone()}, path)
+    with h5py.File(path, "r") as f:
+        assert np.array_equal(f["tensors/v"][()], values.numpy())  # native HDF5 types, no dtype attribute
+        assert "dtype" not in f["tensors/v"].attrs
+    ck = paramio.load(path)
+    assert same(ck["v"], values) and same(ck["scalar"], values[0, 0])
+
+
 def test_gradients_live_under_grads(tmp_path: Path) -> None:
     path = tmp_path / "trained.h5"
     model = tied_mlp()
@@ -131,6 +144,17 @@ def test_filtered_datasets_round_trip(tmp_path: Path, options: dict) -> None:
     paramio.load_into(fresh, path)
     assert fresh.head.weight is fresh.embed.weight
     assert all(same(v, model.state_dict()[k]) for k, v in fresh.state_dict().items())
+
+
+def test_filters_skip_what_hdf5_cannot_chunk(tmp_path: Path) -> None:
+    path = tmp_path / "odd.h5"
+    tensors = {"scalar": torch.tensor(2.5), "empty": torch.empty(0, 3), "matrix": torch.randn(4, 4).bfloat16()}
+    paramio.save(tensors, path, compression="gzip", fletcher32=True)
+    with h5py.File(path, "r") as f:
+        assert f["tensors/scalar"].chunks is None and f["tensors/empty"].chunks is None
+        assert f["tensors/matrix"].compression == "gzip"
+    ck = paramio.load(path)
+    assert all(same(ck[name], t) for name, t in tensors.items())
 
 
 def test_fletcher32_catches_corruption_even_without_paramio_checksums(tmp_path: Path) -> None:

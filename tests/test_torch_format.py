@@ -41,6 +41,16 @@ def test_torch_load_gives_a_state_dict_with_native_sharing(tmp_path: Path) -> No
     torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128, torch.uint16, torch.uint32, torch.uint64],
+                         ids=str)
+def test_dtypes_beyond_the_shared_matrix(tmp_path: Path, dtype: torch.dtype) -> None:
+    path = tmp_path / "more.pt"
+    values = (torch.arange(12, dtype=torch.float64).reshape(3, 4) * 1.5 + 7).to(dtype)
+    paramio.save({"v": values}, path)
+    assert same(torch.load(path, weights_only=True)["v"], values)
+    assert same(paramio.load(path)["v"], values)
+
+
 def test_views_stay_views_of_their_base_for_torch_load(tmp_path: Path) -> None:
     path = tmp_path / "views.pt"
     base = torch.arange(12.0).reshape(3, 4)
