@@ -188,15 +188,21 @@ def test_export_failure_is_a_format_error_and_leaves_no_file(tmp_path: Path) -> 
     assert list(tmp_path.iterdir()) == []
 
 
-def test_files_are_canonical_protobuf_and_deterministic(tmp_path: Path) -> None:
-    """paramio streams the message field by field; the result is byte for byte what protobuf writes."""
-    for name, kwargs in (("container", {}), ("graph", {"example_inputs": (torch.zeros(3, 4),)})):
+def test_files_are_deterministic_and_tensors_are_mapped_not_copied(tmp_path: Path) -> None:
+    """paramio streams the message field by field, placing each tensor's bytes at a multiple of its
+    element size, so that loading maps the file instead of copying every tensor out of it."""
+    tensors = {"f32": torch.randn(3), "f64": torch.randn(5, dtype=torch.float64), "i16": torch.ones(3, dtype=torch.int16),
+               "f16": torch.randn(7).half(), "odd-name-ü": torch.randn(2, 2)}
+    for name, obj, kwargs in (("container", tensors, {}), ("graph", tied_mlp(), {"example_inputs": (torch.zeros(3, 4),)})):
         first, second = tmp_path / f"{name}1.onnx", tmp_path / f"{name}2.onnx"
-        paramio.save(tied_mlp(), first, **kwargs)
-        paramio.save(tied_mlp(), second, **kwargs)
-        data = first.read_bytes()
-        assert onnx.load(first).SerializeToString() == data
-        assert second.read_bytes() == data
+        paramio.save(obj, first, **kwargs)
+        paramio.save(obj, second, **kwargs)
+        assert second.read_bytes() == first.read_bytes()
+        ck = paramio.load(first)
+        for init in onnx.load(first).graph.initializer:  # protobuf reads the same values
+            assert np.array_equal(numpy_helper.to_array(init), ck[init.name].numpy()), init.name
+        for tensor in ck.values():
+            assert tensor.untyped_storage().nbytes() == first.stat().st_size  # a view of the mapped file
 
 
 # -- weights containers --------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from ..atomic import Staging
 from ..dtypes import torch_dtype
 from ..errors import FormatError
 from ..manifest import Manifest, TensorEntry
-from ._protowire import LEN, field_header, fields
+from ._protowire import LEN, field_header, fields, varint
 from .base import FileContents, Format, Reader, StoredTensor, Writer
 
 __all__ = ["ONNXFormat", "ONNXReader", "ONNXWriter", "MANIFEST_KEY", "CONSTANTS_KEY", "SKIPPED_KEY", "PROTOBUF_LIMIT"]
@@ -124,6 +124,37 @@ def _container(draft: Manifest) -> onnx.ModelProto:
                              ir_version=CONTAINER_IR_VERSION)
 
 
+def _fixed_varint(value: int, size: int) -> bytes:
+    """``value`` as a varint of exactly ``size`` bytes (continuation bits on zero-valued high groups).
+    Every protobuf parser accepts such a varint for an int32 field: negative int32s always take 10 bytes."""
+    out = bytearray()
+    for i in range(size):
+        low, value = value & 0x7F, value >> 7
+        out.append(low | (0x80 if i < size - 1 else 0))
+    return bytes(out)
+
+
+def _inline_prefix(entry: TensorEntry, nbytes: int, at: int, align: int) -> bytes:
+    """The bytes of an initializer record before its data, for a record starting at file offset ``at``.
+
+    Protobuf puts ``raw_data`` wherever the fields before it end, and a float32 at an odd offset cannot
+    be mapped, only copied. The record is protobuf's own encoding (dims, data_type, name, raw_data) except
+    that ``data_type``'s varint takes up to 10 bytes instead of 1 where that puts the data at a multiple
+    of ``align``; the values are unchanged for every parser.
+    """
+    name = entry.name.encode("utf-8")
+    dims = b"".join(b"\x08" + varint(d) for d in entry.shape)
+    after = b"\x42" + varint(len(name)) + name + b"\x4a" + varint(nbytes)
+    code = _CODES[entry.dtype]
+    for width in range(len(varint(code)), 11):
+        body = dims + b"\x10" + _fixed_varint(code, width) + after
+        prefix = b"\x2a" + varint(len(body) + nbytes) + body
+        if (at + len(prefix)) % align == 0:
+            return prefix
+    body = dims + b"\x10" + varint(code) + after  # complex128 may not fit: the reader copies it
+    return b"\x2a" + varint(len(body) + nbytes) + body
+
+
 @dataclass(frozen=True)
 class _Slot:
     """Where one stored tensor goes: the bytes before its data in the model file, its data size, and for
@@ -190,11 +221,13 @@ class ONNXWriter(Writer):
 
     # -- the plan ---------------------------------------------------------------------------------------
     def _plan(self, *, external: bool) -> list[_Slot]:
+        if not external:
+            return self._plan_inline()
         slots, offset = [], 0
         for entry in self.draft.tensors:
             nbytes = entry.numel * _ITEMSIZE[entry.dtype]
             tensor = TensorProto(name=entry.name, data_type=_CODES[entry.dtype], dims=list(entry.shape))
-            if external and nbytes:
+            if nbytes:
                 offset += -offset % (_ALIGN_LARGE if nbytes >= _LARGE else _ALIGN)
                 tensor.data_location = TensorProto.EXTERNAL
                 for key, value in (("location", self._data_final.name), ("offset", str(offset)),
@@ -204,9 +237,27 @@ class ONNXWriter(Writer):
                 slots.append(_Slot(entry.name, field_header(5, len(body)) + body, nbytes, offset))
                 offset += nbytes
             else:
-                head = tensor.SerializeToString(deterministic=True) + field_header(9, nbytes)
-                slots.append(_Slot(entry.name, field_header(5, len(head) + nbytes) + head, nbytes, None))
+                slots.append(_Slot(entry.name, _inline_prefix(entry, 0, 0, 1), 0, None))
         return slots
+
+    def _plan_inline(self) -> list[_Slot]:
+        """Records whose data starts at a multiple of the element size in the file, so that reading maps
+        it without a copy. Positions depend on the graph's length prefix, which depends on the records:
+        plan again until its size settles (at most a few rounds; it only grows)."""
+        prefix_size = 1
+        while True:
+            at = len(self._model_head) + 1 + prefix_size + len(self._graph_head)
+            slots = []
+            for entry in self.draft.tensors:
+                nbytes = entry.numel * _ITEMSIZE[entry.dtype]
+                prefix = _inline_prefix(entry, nbytes, at, _ITEMSIZE[entry.dtype])
+                slots.append(_Slot(entry.name, prefix, nbytes, None))
+                at += len(prefix) + nbytes
+            self._slots = slots
+            size = len(varint(self._graph_size()))
+            if size == prefix_size:
+                return slots
+            prefix_size = size
 
     def _graph_size(self) -> int:
         return (len(self._graph_head) + sum(s.size for s in self._slots) + len(self._constant_bytes)
