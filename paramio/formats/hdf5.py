@@ -371,7 +371,7 @@ class HDF5Reader(Reader):
         if isinstance(value, bytes):
             value = value.decode("utf-8", "replace")
         fits = [k for k, v in _RAW_BITS.items() if v == _NUMPY[bits]]
-        if value not in fits:
+        if not isinstance(value, str) or value not in fits:
             raise self._fail(f"dataset `{name}`: attribute `{DTYPE_ATTR}`={value!r} does not fit its {bits} data "
                              f"(expected one of {', '.join(fits)})")
         return value

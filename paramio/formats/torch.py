@@ -96,7 +96,7 @@ def _state_dict(manifest: Manifest, tensors: Mapping[str, torch.Tensor]) -> Orde
 
 
 class TorchReader(Reader):
-    """Loads the whole pickle at open (memory-mapped: no tensor data is read until touched)."""
+    """Unpickles at open; zip files are memory-mapped, so no tensor data is read until touched."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
@@ -312,8 +312,8 @@ def _legacy_storage_bytes(fh: _Bounded) -> int:
         elif name == "GLOBAL":
             stack.append(_Global(arg))
         elif name == "STACK_GLOBAL":
-            module, attr = stack.pop(), stack.pop()
-            stack.append(_Global(f"{attr} {module}") if isinstance(attr, str) and isinstance(module, str) else opaque)
+            attr, module = stack.pop(), stack.pop()
+            stack.append(_Global(f"{module} {attr}") if isinstance(attr, str) and isinstance(module, str) else opaque)
         elif name == "TUPLE":
             stack.append(tuple(pop_mark()))
         elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
