@@ -336,15 +336,63 @@ def test_torch_export_of_tied_lm_fills_the_dropped_alias(tmp_path: Path, exporte
 
 @pytest.mark.parametrize("exporter", [{"dynamo": True}, {"dynamo": False}], ids=["dynamo", "torchscript"])
 def test_exporter_constants_are_named_as_constants(tmp_path: Path, exporter: dict) -> None:
-    """The default exports fold weights into new initializers (transposed copies...): those import as kind
-    ``constant``, which load_into does not call unexpected."""
+    """The default exports fold weights into new initializers (transposed copies, a slice of ``pos``):
+    those import as kind ``constant``, which load_into does not call unexpected."""
+    model = tiny_lm()
     path = tmp_path / "stock.onnx"
-    export_with_torch(tiny_lm(), (torch.zeros(2, 8, dtype=torch.long),), path, **exporter)
+    export_with_torch(model, (torch.zeros(2, 8, dtype=torch.long),), path, **exporter)
     ck = paramio.load(path)
-    constants = [t.name for t in ck.manifest.tensors if t.kind == "constant"]
-    assert constants and all("::" in n or n.startswith("val_") for n in constants)
+    constants = {t.name for t in ck.manifest.tensors if t.kind == "constant"}
+    parameters = {t.name for t in ck.manifest.tensors if t.kind != "constant"}
+    assert len(constants) == 4 and parameters <= set(model.state_dict())
     report = paramio.load_into(tiny_lm(seed=3), path, strict=False)
-    assert not set(report.unexpected) & set(constants)
+    assert report.unexpected == ()
+
+
+class Buffers(nn.Module):
+    """A parameter, a persistent and a non-persistent buffer, and a plain tensor attribute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.register_buffer("shift", torch.full((4,), 1.0))
+        self.register_buffer("scale", torch.full((4,), 2.0), persistent=False)
+        self.offset = torch.arange(4.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x) * self.scale + self.shift + self.offset
+
+
+def test_dynamo_export_notes_tell_parameters_buffers_and_constants_apart(tmp_path: Path) -> None:
+    path = tmp_path / "buffers.onnx"
+    export_with_torch(Buffers().eval(), (torch.zeros(2, 4),), path)
+    kinds = {t.name: t.kind for t in paramio.read_manifest(path).tensors}
+    assert kinds == {"lin.weight": "parameter", "lin.bias": "parameter", "shift": "buffer",
+                     "scale": "constant", "offset": "constant"}
+    report = paramio.load_into(Buffers(), path)  # strict: the constants are not the model's state
+    assert set(report.loaded) == {"lin.weight", "lin.bias", "shift"}
+
+
+def test_renamed_dynamo_initializers_get_their_state_dict_names_back(tmp_path: Path) -> None:
+    """The exporter's signature maps its node names (``p_lin_weight``) to state-dict names; an initializer
+    that carries the node name is imported under the state-dict name."""
+    model = Buffers().eval()
+    path = tmp_path / "renamed.onnx"
+    export_with_torch(model, (torch.zeros(2, 4),), path)
+    proto = onnx.load(path)
+    renames = {"lin.weight": "p_lin_weight", "shift": "b_shift"}
+    for value in [*proto.graph.initializer, *proto.graph.value_info]:
+        value.name = renames.get(value.name, value.name)
+    for node in proto.graph.node:
+        node.input[:] = [renames.get(n, n) for n in node.input]
+    onnx.save(proto, path)
+    ck = paramio.load(path)
+    assert {"lin.weight", "shift"} <= set(ck) and not {"p_lin_weight", "b_shift"} & set(ck)
+    assert same(ck["lin.weight"], model.lin.weight.detach())
+    fresh = Buffers()
+    paramio.load_into(fresh, path)
+    x = torch.randn(2, 4)
+    torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)
 
 
 def _backend_models() -> list[Path]:

@@ -321,6 +321,44 @@ class ONNXWriter(Writer):
 
 
 # -- reading -------------------------------------------------------------------------------------------------
+_VALUE_INFO, _GRAPH_METADATA = 13, 16  # GraphProto fields
+#: What the dynamo exporter records about each initializer (value_info metadata) and the exported
+#: program's signature (graph metadata), which maps its node names back to state-dict names.
+_TORCH_SIGNATURE = "pkg.torch.export.ExportedProgram.graph_signature"
+_SPEC_KIND = "pkg.torch.export.graph_signature.InputSpec.kind"
+_SPEC_PERSISTENT = "pkg.torch.export.graph_signature.InputSpec.persistent"
+_NODE_NAME = "pkg.torch.onnx.original_node_name"
+_SIGNATURE_LINE = re.compile(r"^(\S+): (\w+) target='([^']*)'")
+
+
+def _torch_roles(graph: onnx.GraphProto, initializers: set[str]) -> dict[str, tuple[str, str]] | None:
+    """initializer -> (kind, state-dict name) for the model's parameters and persistent buffers in a file
+    from torch's dynamo exporter; None for a file without its notes. Anything else the exporter made an
+    initializer of (folded values, lifted or non-persistent tensors) is a constant."""
+    notes = {p.key: p.value for p in graph.metadata_props}
+    if _TORCH_SIGNATURE not in notes:
+        return None
+    targets = {}
+    for line in notes[_TORCH_SIGNATURE].splitlines():
+        match = _SIGNATURE_LINE.match(line.strip())
+        if match:
+            targets[match.group(1)] = match.group(3)
+    roles = {}
+    for info in graph.value_info:
+        if info.name not in initializers:
+            continue
+        meta = {p.key: p.value for p in info.metadata_props}
+        spec = meta.get(_SPEC_KIND)
+        if spec == "PARAMETER":
+            kind = "parameter"
+        elif spec == "BUFFER" and meta.get(_SPEC_PERSISTENT) != "False":
+            kind = "buffer"
+        else:
+            continue
+        roles[info.name] = (kind, targets.get(meta.get(_NODE_NAME, ""), info.name))
+    return roles
+
+
 @dataclass(frozen=True)
 class _Initializer:
     """One initializer as found: where its data is (``raw`` byte range in the model file, an ``external``
@@ -377,6 +415,7 @@ class ONNXReader(Reader):
         self._maps: dict[Path, torch.UntypedStorage] = {}
         self._inits: dict[str, _Initializer] = {}
         self._graph_seen = False
+        self._graph_notes = bytearray()  # value_info and metadata_props of the graph: the exporter's notes
         try:
             with open(self.path, "rb") as fh:
                 self._size = os.fstat(fh.fileno()).st_size
@@ -393,6 +432,7 @@ class ONNXReader(Reader):
         if not self._graph_seen or self._model.ir_version <= 0:
             raise self._fail("no graph or no ir_version (is this an ONNX model?)")
         self._props = {p.key: p.value for p in self._model.metadata_props}
+        self._contents, self._by_name = self._describe()
 
     def _fail(self, problem: str) -> FormatError:
         return FormatError(f"{self.path}: not a valid ONNX model: {problem}")
@@ -410,6 +450,8 @@ class ONNXReader(Reader):
                 for g in fields(buf, f.start, f.end, self._raise):
                     if g.number == 5 and g.wire == LEN:
                         self._add(self._initializer(buf, g.start, g.end))
+                    elif g.number in (_VALUE_INFO, _GRAPH_METADATA):
+                        self._graph_notes += buf[g.key_start:g.end]
             else:
                 rest += buf[f.key_start:f.end]
         return bytes(rest)
@@ -484,41 +526,64 @@ class ONNXReader(Reader):
         return target, offset, length
 
     # -- the protocol -----------------------------------------------------------------------------------
-    def contents(self) -> FileContents:
+    def _describe(self) -> tuple[FileContents, dict[str, _Initializer]]:
+        """What the file stores, under which names and kinds (see ``contents``)."""
         manifest_json = self._props.get(MANIFEST_KEY)
-        constants: set[str] = set()
-        if manifest_json is not None and CONSTANTS_KEY in self._props:
+        hidden: set[str] = set()
+        roles: dict[str, tuple[str, str]] | None = None
+        if manifest_json is not None:
+            if CONSTANTS_KEY in self._props:
+                try:
+                    hidden = set(json.loads(self._props[CONSTANTS_KEY]))
+                except (ValueError, TypeError) as e:
+                    raise self._fail(f"metadata {CONSTANTS_KEY} is not a JSON list of names") from e
+        else:
             try:
-                constants = set(json.loads(self._props[CONSTANTS_KEY]))
-            except (ValueError, TypeError) as e:
-                raise self._fail(f"metadata {CONSTANTS_KEY} is not a JSON list of names") from e
+                roles = _torch_roles(onnx.GraphProto.FromString(bytes(self._graph_notes)), set(self._inits))
+            except (DecodeError, RecursionError) as e:
+                raise self._fail(f"graph value_info/metadata do not parse ({e})") from e
         stored, links, skipped = [], {}, []
+        by_name: dict[str, _Initializer] = {}
         shared: dict[tuple, str] = {}
         for init in self._inits.values():
-            if init.name in constants:
+            if init.name in hidden:
                 continue
             if init.dtype is None:
                 skipped.append(init.name)
                 continue
+            name, kind = init.name, None
+            if roles is not None:  # the dynamo exporter said which initializers are the model's, and their names
+                kind, target = roles.get(init.name, ("constant", init.name))
+                if target not in self._inits and target not in by_name:
+                    name = target
+            elif manifest_json is None and _CONSTANT_NAME.search(init.name):
+                kind = "constant"
             if init.external is not None and init.external[2]:
                 # ONNX's only way to say "same tensor": two initializers on one external byte range
                 key = (*init.external, init.dtype, init.shape)
                 if key in shared:
-                    links[init.name] = shared[key]
+                    links[name] = shared[key]
                     continue
-                shared[key] = init.name
-            kind = "constant" if manifest_json is None and _CONSTANT_NAME.search(init.name) else None
-            stored.append(StoredTensor(init.name, init.dtype, init.shape, kind))
+                shared[key] = name
+            by_name[name] = init
+            stored.append(StoredTensor(name, init.dtype, init.shape, kind))
         metadata = {k: v for k, v in self._props.items() if not k.startswith("paramio.")}
         if skipped:
             metadata[SKIPPED_KEY] = json.dumps(skipped)
-        return FileContents(
+        contents = FileContents(
             producer=self._model.producer_name or "onnx",
             stored=tuple(stored),
             links=links,
             manifest_json=manifest_json,
             metadata=metadata,
         )
+        return contents, by_name
+
+    def contents(self) -> FileContents:
+        """Initializers by name; for a file without a paramio manifest, those that are not parameters
+        (exporter constants) have kind ``constant``, and a torch export's renamed initializers get their
+        state-dict names back."""
+        return self._contents
 
     def _mapped(self, file: Path) -> torch.UntypedStorage:
         storage = self._maps.get(file)
@@ -530,8 +595,8 @@ class ONNXReader(Reader):
         return storage
 
     def read(self, name: str) -> torch.Tensor:
-        init = self._inits.get(name)
-        if init is None or init.dtype is None:
+        init = self._by_name.get(name)
+        if init is None:
             raise FormatError(f"{self.path}: no tensor `{name}`")
         dtype = torch_dtype(init.dtype)
         if init.typed is not None:
