@@ -178,7 +178,8 @@ def test_a_pickle_that_would_run_code_is_refused_and_never_runs(tmp_path: Path) 
     (lambda: {"s": torch.ones(2).to_sparse()}, "sparse_coo"),
     (lambda: {"c": torch.ones(2, dtype=torch.complex32)}, "complex32"),
     (lambda: {"a": {"b": torch.ones(1)}, "a.b": torch.ones(1)}, "two entries flatten to the name `a.b`"),
-], ids=["list", "tensor", "sparse", "complex32", "name-clash"])
+    (lambda: {"w": torch.ones(1), "": torch.ones(1)}, "a name has 1 to 4096 characters"),
+], ids=["list", "tensor", "sparse", "complex32", "name-clash", "empty-name"])
 @pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
 def test_content_paramio_cannot_represent_is_refused(tmp_path: Path, content, problem: str) -> None:  # noqa: ANN001
     path = tmp_path / "odd.pt"

@@ -222,6 +222,12 @@ class HDF5Reader(Reader):
         try:
             self._manifest_json = self._read_manifest()
             self._scan()
+        except FormatError:
+            self._file.close()
+            raise
+        except (OSError, KeyError, RuntimeError, ValueError) as e:  # HDF5 meeting a damaged structure
+            self._file.close()
+            raise self._fail(f"corrupt HDF5 structure: {e}") from e
         except BaseException:
             self._file.close()
             raise

@@ -43,6 +43,8 @@ SKIPPED_KEY = "paramio.skipped"
 #: Keys under which training checkpoints keep the model's state dict.
 _WRAPPERS = ("state_dict", "model")
 _ZIP_MAGIC = b"PK\x03\x04"
+#: The manifest's limit on a name's length.
+_NAME_LIMIT = 4096
 
 
 class TorchWriter(Writer):
@@ -205,6 +207,9 @@ class TorchReader(Reader):
                 raise FormatError(f"{self.path}: key {key!r} below `{prefix or '(top)'}` is not a name")
             name = f"{prefix}{key}"
             if isinstance(value, torch.Tensor):
+                if not 0 < len(name) <= _NAME_LIMIT:
+                    raise FormatError(f"{self.path}: tensor name {name[:40]!r}: a name has 1 to {_NAME_LIMIT} "
+                                      "characters")
                 if name in tensors:
                     raise FormatError(f"{self.path}: two entries flatten to the name `{name}`")
                 if id(value) not in detached:
