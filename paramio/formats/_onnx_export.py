@@ -104,6 +104,14 @@ def _root_cause(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
+def _cast_error(where: str, name: str, computes: torch.dtype, stores: str) -> FormatError:
+    return FormatError(
+        f"{where}: tensor `{name}`: the graph computes with {computes} but the file would store {stores}; "
+        "cast the model itself (model.to(...)) before exporting, or save without example_inputs for a "
+        "weights-only file"
+    )
+
+
 def export_graph(model: nn.Module, example_inputs: Any, draft: Manifest, *, dynamic_shapes: Any = None,
                  where: str = "onnx") -> tuple[Any, dict[str, str]]:
     """Export ``model`` and return ``(model_proto, used)``.
@@ -114,6 +122,11 @@ def export_graph(model: nn.Module, example_inputs: Any, draft: Manifest, *, dyna
     """
     import onnx_ir as ir
 
+    state = model.state_dict(keep_vars=True)
+    for entry in draft.tensors:  # refuse before the (slow) export what its result could not hold
+        tensor = state.get(entry.name)
+        if isinstance(tensor, torch.Tensor) and tensor.dtype != torch_dtype(entry.dtype):
+            raise _cast_error(where, entry.name, tensor.dtype, entry.dtype)
     program = _run_exporter(model, example_inputs, dynamic_shapes, where)
     graph = program.model.graph
 
@@ -121,7 +134,7 @@ def export_graph(model: nn.Module, example_inputs: Any, draft: Manifest, *, dyna
     entries = {t.name: t for t in draft.tensors}
     view_names = {v.name for v in draft.views}
     by_memory: dict[tuple, str] = {}
-    for name, tensor in model.state_dict(keep_vars=True).items():
+    for name, tensor in state.items():
         if isinstance(tensor, torch.Tensor) and tensor.numel() > 0:
             by_memory.setdefault(_key(tensor), name)
 
@@ -145,11 +158,7 @@ def export_graph(model: nn.Module, example_inputs: Any, draft: Manifest, *, dyna
             raise FormatError(f"{where}: the exported graph uses `{name}`, which the checkpoint does not store "
                               "(saved with buffers=False?)")
         if torch_dtype(entry.dtype) != raw.dtype:
-            raise FormatError(
-                f"{where}: tensor `{canonical}`: the graph computes with {raw.dtype} but the file would store "
-                f"{entry.dtype}; cast the model itself (model.to(...)) before exporting, or save without "
-                "example_inputs for a weights-only file"
-            )
+            raise _cast_error(where, canonical, raw.dtype, entry.dtype)
         graph.initializers.pop(exporter_name)
         if canonical in mapped:  # the same tensor exported twice: keep one initializer
             value.replace_all_uses_with(mapped[canonical], replace_graph_outputs=True)

@@ -127,6 +127,8 @@ def _container(draft: Manifest) -> onnx.ModelProto:
 def _fixed_varint(value: int, size: int) -> bytes:
     """``value`` as a varint of exactly ``size`` bytes (continuation bits on zero-valued high groups).
     Every protobuf parser accepts such a varint for an int32 field: negative int32s always take 10 bytes."""
+    if size < len(varint(value)):
+        raise ValueError(f"{value} does not fit a {size}-byte varint")
     out = bytearray()
     for i in range(size):
         low, value = value & 0x7F, value >> 7
@@ -201,9 +203,9 @@ class ONNXWriter(Writer):
 
         choice = options.get("external_data")
         self._data_final = final.with_name(final.name + ".data")
-        self._slots = self._plan(external=False)
+        self._plan(external=False)
         if choice is True or (choice is None and self._model_size(draft) > PROTOBUF_LIMIT):
-            self._slots = self._plan(external=True)
+            self._plan(external=True)
         elif self._model_size(draft) > PROTOBUF_LIMIT:
             raise FormatError(f"{final}: the model would be {self._model_size(draft)} bytes, over protobuf's "
                               "2 GiB limit; save with external_data=True (or leave it unset)")
@@ -212,17 +214,23 @@ class ONNXWriter(Writer):
         self._index = 0
         self._data: BinaryIO | None = None
         self._file: BinaryIO = open(temp, "wb")
-        if self._external:
-            self._data = open(staging.temp_for(self._data_final), "wb")
-        self._file.write(self._model_head)
-        self._file.write(field_header(7, self._graph_size()))
-        self._file.write(self._graph_head)
+        try:
+            if self._external:
+                self._data = open(staging.temp_for(self._data_final), "wb")
+            self._file.write(self._model_head)
+            self._file.write(b"\x3a" + _fixed_varint(self._graph_size(), self._length_size))  # field 7, LEN
+            self._file.write(self._graph_head)
+        except BaseException:
+            self.abort()
+            raise
         self._graph_start = self._file.tell()
 
     # -- the plan ---------------------------------------------------------------------------------------
-    def _plan(self, *, external: bool) -> list[_Slot]:
+    def _plan(self, *, external: bool) -> None:
+        """Set ``_slots`` (each tensor's record) and ``_length_size`` (bytes of the graph's length prefix)."""
         if not external:
-            return self._plan_inline()
+            self._plan_inline()
+            return
         slots, offset = [], 0
         for entry in self.draft.tensors:
             nbytes = entry.numel * _ITEMSIZE[entry.dtype]
@@ -238,15 +246,17 @@ class ONNXWriter(Writer):
                 offset += nbytes
             else:
                 slots.append(_Slot(entry.name, _inline_prefix(entry, 0, 0, 1), 0, None))
-        return slots
+        self._slots = slots
+        self._length_size = len(varint(self._graph_size()))
 
-    def _plan_inline(self) -> list[_Slot]:
+    def _plan_inline(self) -> None:
         """Records whose data starts at a multiple of the element size in the file, so that reading maps
-        it without a copy. Positions depend on the graph's length prefix, which depends on the records:
-        plan again until its size settles (at most a few rounds; it only grows)."""
-        prefix_size = 1
+        it without a copy. Positions depend on the size of the graph's length prefix, which depends on the
+        records: plan again with the larger size until it holds (the prefix may then be one byte longer
+        than needed, which parsers accept as they accept any varint of at most 5 bytes for a length)."""
+        self._length_size = 1
         while True:
-            at = len(self._model_head) + 1 + prefix_size + len(self._graph_head)
+            at = len(self._model_head) + 1 + self._length_size + len(self._graph_head)
             slots = []
             for entry in self.draft.tensors:
                 nbytes = entry.numel * _ITEMSIZE[entry.dtype]
@@ -254,10 +264,10 @@ class ONNXWriter(Writer):
                 slots.append(_Slot(entry.name, prefix, nbytes, None))
                 at += len(prefix) + nbytes
             self._slots = slots
-            size = len(varint(self._graph_size()))
-            if size == prefix_size:
-                return slots
-            prefix_size = size
+            needed = len(varint(self._graph_size()))
+            if needed <= self._length_size:
+                return
+            self._length_size = needed
 
     def _graph_size(self) -> int:
         return (len(self._graph_head) + sum(s.size for s in self._slots) + len(self._constant_bytes)
@@ -278,8 +288,7 @@ class ONNXWriter(Writer):
         return tail.SerializeToString(deterministic=True)
 
     def _model_size(self, draft: Manifest) -> int:
-        graph = self._graph_size()
-        return len(self._model_head) + len(field_header(7, graph)) + graph + len(self._model_tail(draft))
+        return len(self._model_head) + 1 + self._length_size + self._graph_size() + len(self._model_tail(draft))
 
     # -- the stream -------------------------------------------------------------------------------------
     def write_tensor(self, entry: TensorEntry, tensor: torch.Tensor) -> None:
