@@ -31,7 +31,7 @@ import torch
 from ..atomic import Staging
 from ..dtypes import dtype_name
 from ..errors import FormatError, TieError
-from ..manifest import Manifest, TensorEntry
+from ..manifest import Manifest, TensorEntry, ViewEntry
 from ..ties import plan_ties
 from .base import FileContents, Format, Reader, StoredTensor, Writer
 
@@ -78,7 +78,7 @@ def _state_dict(manifest: Manifest, tensors: Mapping[str, torch.Tensor]) -> Orde
     aliases: dict[str, list[str]] = {}
     for group in manifest.ties:
         aliases.setdefault(group.canonical, []).extend(group.aliases)
-    views: dict[str, list] = {}
+    views: dict[str, list[ViewEntry]] = {}
     for view in manifest.views:
         views.setdefault(view.base, []).append(view)
     state: OrderedDict[str, torch.Tensor] = OrderedDict()
