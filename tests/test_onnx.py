@@ -71,7 +71,8 @@ def test_seed_mlp_export_runs_in_onnxruntime_and_uses_one_initializer_per_tie(tm
 
     onnx.checker.check_model(str(path), full_check=True)
     proto = onnx.load(path)
-    assert [t.name for t in proto.graph.initializer] == ["0.weight", "0.bias", "2.weight", "2.bias", "6.weight", "6.bias"]
+    names = [t.name for t in proto.graph.initializer]
+    assert names == ["0.weight", "0.bias", "2.weight", "2.bias", "6.weight", "6.bias"]
     uses = node_inputs(proto)
     assert "4.weight" not in uses and "4.bias" not in uses  # the exporter's name for the shared layer is gone
     assert uses.count("2.weight") == 2 and uses.count("2.bias") == 2  # both uses read the canonical one
@@ -181,6 +182,24 @@ def test_export_refuses_a_dtype_cast_the_graph_would_not_match(tmp_path: Path) -
     assert list(tmp_path.iterdir()) == []
 
 
+def test_export_refuses_a_partial_alias_it_cannot_store_once(tmp_path: Path) -> None:
+    class RowOfBase(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.base = nn.Parameter(torch.randn(4, 4))
+            self.row = nn.Parameter(self.base.data[1])  # its own Parameter over a slice of base's memory
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x @ self.base + self.row
+
+    path = tmp_path / "row.onnx"
+    with pytest.raises(FormatError, match="`row` is a partial alias .* `base`"):
+        paramio.save(RowOfBase(), path, example_inputs=(torch.zeros(1, 4),))
+    paramio.save(RowOfBase(), path)  # a weights container stores it as a view of its base
+    ck = paramio.load(path)
+    assert ck["row"].untyped_storage().data_ptr() == ck["base"].untyped_storage().data_ptr()
+
+
 def test_export_failure_is_a_format_error_and_leaves_no_file(tmp_path: Path) -> None:
     path = tmp_path / "bad.onnx"
     with pytest.raises(FormatError, match=r"torch.onnx.export failed: RuntimeError: .*\[1, 5\]"):
@@ -191,9 +210,10 @@ def test_export_failure_is_a_format_error_and_leaves_no_file(tmp_path: Path) -> 
 def test_files_are_deterministic_and_tensors_are_mapped_not_copied(tmp_path: Path) -> None:
     """paramio streams the message field by field, placing each tensor's bytes at a multiple of its
     element size, so that loading maps the file instead of copying every tensor out of it."""
-    tensors = {"f32": torch.randn(3), "f64": torch.randn(5, dtype=torch.float64), "i16": torch.ones(3, dtype=torch.int16),
-               "f16": torch.randn(7).half(), "odd-name-ü": torch.randn(2, 2)}
-    for name, obj, kwargs in (("container", tensors, {}), ("graph", tied_mlp(), {"example_inputs": (torch.zeros(3, 4),)})):
+    tensors = {"f32": torch.randn(3), "f64": torch.randn(5, dtype=torch.float64),
+               "i16": torch.ones(3, dtype=torch.int16), "f16": torch.randn(7).half(), "odd-name-ü": torch.randn(2, 2)}
+    graph = {"example_inputs": (torch.zeros(3, 4),)}
+    for name, obj, kwargs in (("container", tensors, {}), ("graph", tied_mlp(), graph)):
         first, second = tmp_path / f"{name}1.onnx", tmp_path / f"{name}2.onnx"
         paramio.save(obj, first, **kwargs)
         paramio.save(obj, second, **kwargs)
@@ -319,8 +339,8 @@ def test_torch_export_of_seed_mlp_loads_into_a_tied_model(tmp_path: Path, export
     torch.testing.assert_close(target(x), model(x), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("exporter", [{"dynamo": True, "optimize": False}, {"dynamo": False, "do_constant_folding": False}],
-                         ids=["dynamo", "torchscript"])
+@pytest.mark.parametrize("exporter", [{"dynamo": True, "optimize": False},
+                                      {"dynamo": False, "do_constant_folding": False}], ids=["dynamo", "torchscript"])
 def test_torch_export_of_tied_lm_fills_the_dropped_alias(tmp_path: Path, exporter: dict) -> None:
     model = tiny_lm()
     path = tmp_path / "stock.onnx"

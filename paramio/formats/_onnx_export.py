@@ -132,7 +132,7 @@ def export_graph(model: nn.Module, example_inputs: Any, draft: Manifest, *, dyna
 
     alias_of = draft.alias_map()
     entries = {t.name: t for t in draft.tensors}
-    view_names = {v.name for v in draft.views}
+    view_names = {v.name: v.base for v in draft.views}
     by_memory: dict[tuple, str] = {}
     for name, tensor in state.items():
         if isinstance(tensor, torch.Tensor) and tensor.numel() > 0:
@@ -150,8 +150,9 @@ def export_graph(model: nn.Module, example_inputs: Any, draft: Manifest, *, dyna
         canonical = alias_of.get(name, name)
         if canonical in view_names:
             raise FormatError(
-                f"{where}: tensor `{canonical}` is a partial alias (a view into `{next(v.base for v in draft.views if v.name == canonical)}`); "
-                "a graph export cannot store it once. Save without example_inputs for a weights-only file"
+                f"{where}: tensor `{canonical}` is a partial alias (a view into `{view_names[canonical]}`), which "
+                "a graph cannot refer to without a copy; save without example_inputs for a weights-only file, "
+                "or .clone() it in the model"
             )
         entry = entries.get(canonical)
         if entry is None:

@@ -10,9 +10,10 @@ Writing never builds the model in memory with the weights in it (the stock ``num
 ``make_model`` / ``save_model`` path copies every tensor about four times): the message is written field
 by field with lengths computed from the manifest up front, each tensor's bytes going straight from the
 tensor to the file (or, with external data, to the data file beside it). The fields come in field-number
-order, so the bytes are exactly what protobuf itself would serialize for the same model. Reading walks the
-fields and records where each tensor's bytes lie, then maps them lazily; only the small non-tensor parts
-are parsed by protobuf.
+order, as protobuf itself writes them; the one liberty is a ``data_type`` varint widened (same value) so
+that each tensor's bytes start at a multiple of its element size. Reading walks the fields and records
+where each tensor's bytes lie, then maps them lazily (no copy); only the small non-tensor parts are parsed
+by protobuf.
 
 Models over the 2 GB protobuf limit use ONNX external data automatically (``external_data=True`` forces
 it): one data file ``<model>.data`` beside the model, offsets aligned, written under a temporary name that
