@@ -143,6 +143,9 @@ def _check_views(entries: dict[str, TensorEntry | SignatureEntry], views: tuple[
             raise ValueError(f"view `{view.name}`: base `{view.base}` is not a stored parameter or buffer")
         if view.extent > prod(base.shape):
             raise ValueError(f"view `{view.name}` reaches past the end of its base `{view.base}`")
+        if prod(view.shape) > prod(base.shape):
+            # An expanded view (stride 0) could declare any number of elements over a tiny base.
+            raise ValueError(f"view `{view.name}` has more elements than its base `{view.base}`")
 
 
 def _unique(names: list[str]) -> dict[str, None]:

@@ -18,7 +18,14 @@ from .formats.base import FileContents, Reader
 from .formats.registry import for_path
 from .manifest import GRAD_PREFIX, Manifest, Producer, TensorEntry, TieGroup
 
-__all__ = ["open_file", "manifest_of", "file_problems", "read_manifest", "load", "read_verified"]
+__all__ = ["open_file", "manifest_of", "file_problems", "read_manifest", "load", "read_verified", "MAX_TENSORS",
+           "MAX_MANIFEST_BYTES"]
+
+#: Stored tensors one file may hold: far above real models (tens of thousands), far below what describing
+#: them would cost in memory.
+MAX_TENSORS = 1_000_000
+#: A paramio manifest longer than this is refused before it is parsed (the safetensors header cap).
+MAX_MANIFEST_BYTES = 100_000_000
 
 
 def _pydantic_summary(e: pydantic.ValidationError, limit: int = 3) -> str:
@@ -92,6 +99,11 @@ def file_problems(contents: FileContents, manifest: Manifest) -> list[str]:
 def manifest_of(reader: Reader, *, check: bool = True) -> Manifest:
     """The file's paramio manifest, checked against the file, or one derived from the file."""
     contents = reader.contents()
+    if len(contents.stored) > MAX_TENSORS:
+        raise FormatError(f"{reader.path}: {len(contents.stored)} tensors, more than the cap of {MAX_TENSORS}")
+    if contents.manifest_json is not None and len(contents.manifest_json) > MAX_MANIFEST_BYTES:
+        raise FormatError(f"{reader.path}: a {len(contents.manifest_json)}-character manifest, more than the cap "
+                          f"of {MAX_MANIFEST_BYTES}")
     if contents.manifest_json is None:
         try:
             return _derive(contents)

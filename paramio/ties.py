@@ -140,6 +140,12 @@ def _views_of_cluster(cluster: list[tuple[str, torch.Tensor]]) -> dict[str, View
             f"tensors {names} overlap in memory but none of them is a contiguous tensor covering the others, "
             "so they cannot be stored as views of one base; .clone() the ones that need not share memory"
         )
+    larger = [f"`{n}`" for n, t in cluster if t.numel() > base.numel()]
+    if larger:
+        raise TieError(
+            f"tensors {', '.join(larger)} have more elements than `{base_name}`, whose memory they view "
+            "(expanded or overlapping strides); .clone() them to store them"
+        )
     return {
         name: View(name, base_name, t.storage_offset() - base.storage_offset(), tuple(t.shape), tuple(t.stride()))
         for name, t in cluster
