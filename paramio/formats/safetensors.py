@@ -62,6 +62,8 @@ def _header_bytes(manifest: Manifest, offsets: list[tuple[int, int]]) -> bytes:
 def _offsets(manifest: Manifest) -> list[tuple[int, int]]:
     out, pos = [], 0
     for entry in manifest.tensors:
+        if entry.dtype not in _DTYPE_CODES:
+            raise FormatError(f"tensor `{entry.name}`: dtype {entry.dtype} has no safetensors code")
         size = entry.numel * _ITEMSIZE[entry.dtype]
         out.append((pos, pos + size))
         pos += size
