@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -336,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(folder)
         ap.error("--tmp must be outside the repository")
     _log(f"checkpoints in {folder}")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that `finally` removes the checkpoints
     results: dict[Job, list[dict]] = {}
     try:
         for case in ("small", "gpt2"):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from ._gc import paused_gc
 from .checkpoint import producer
 from .checksum import algorithm_of
 from .formats.registry import for_path
@@ -24,6 +25,7 @@ __all__ = ["convert", "Progress"]
 Progress = Callable[[str, int], None]
 
 
+@paused_gc
 def convert(src: str | Path, dst: str | Path, *, format: str | None = None, dtype: str | torch.dtype | None = None,
             verify: bool = True, progress: Progress | None = None) -> Manifest:
     """Convert ``src`` to ``dst`` (format from ``format`` or the suffix), keeping ties, views, metadata,

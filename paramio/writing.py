@@ -3,19 +3,22 @@ through a format's writer atomically, one tensor at a time, checksumming on the 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ._gc import paused_gc
 from .atomic import staged
 from .checkpoint import Checkpoint, collect, from_mapping
 from .checksum import digest, placeholder, resolve, tensor_bytes
-from .dtypes import dtype_name, is_floating, torch_dtype
+from .dtypes import DTYPES, dtype_name, is_floating
 from .errors import FormatError, ParamioError
-from .formats.base import Format
+from .formats.base import Format, Writer
 from .formats.registry import for_path
 from .manifest import Manifest, TensorEntry
 
@@ -63,6 +66,7 @@ def as_checkpoint(obj: nn.Module | Mapping[str, torch.Tensor] | Checkpoint, *, g
                     f"not {type(obj).__name__}")
 
 
+@paused_gc
 def write_stream(fmt: type[Format], path: str | Path, manifest: Manifest,
                  items: Iterable[tuple[TensorEntry, torch.Tensor]], *, checksum: str | None = "default",
                  options: Mapping[str, Any] | None = None) -> Manifest:
@@ -73,29 +77,28 @@ def write_stream(fmt: type[Format], path: str | Path, manifest: Manifest,
     """
     path = Path(path)
     algorithm = resolve(checksum)
-    draft = manifest.model_copy(update={"tensors": tuple(
-        t.model_copy(update={"checksum": placeholder(algorithm) if algorithm else None}) for t in manifest.tensors
-    )})
-    final_entries = []
+    mark = placeholder(algorithm) if algorithm else None
+    draft = manifest.model_copy(update={"tensors": tuple(_with_checksum(t, mark) for t in manifest.tensors)})
+    sums: list[str | None] = []
+    hasher = _Hasher(algorithm)
     try:
         with staged() as staging:
             temp = staging.temp_for(path)
             writer = fmt.writer(temp, path, staging, draft, dict(options or {}))
             try:
                 for entry, tensor in items:
-                    expected = draft.tensors[len(final_entries)]
+                    expected = draft.tensors[len(sums)]
                     if entry.name != expected.name:
                         raise FormatError(f"internal error: tensor `{entry.name}` given where `{expected.name}` was due")
-                    data = tensor.detach().to(device="cpu", dtype=torch_dtype(expected.dtype)).contiguous()
-                    if tuple(data.shape) != expected.shape:
+                    data = _prepared(tensor, DTYPES[expected.dtype])
+                    if data.shape != expected.shape:
                         raise FormatError(f"tensor `{entry.name}`: shape {tuple(data.shape)}, manifest says {expected.shape}")
-                    writer.write_tensor(expected, data)
-                    sum_ = digest(tensor_bytes(data), algorithm) if algorithm else None
-                    final_entries.append(expected.model_copy(update={"checksum": sum_}))
+                    sums.append(hasher.write(writer, expected, data))
                     del data
-                if len(final_entries) != len(draft.tensors):
+                if len(sums) != len(draft.tensors):
                     raise FormatError("internal error: fewer tensors given than the manifest lists")
-                final = draft.model_copy(update={"tensors": tuple(final_entries)})
+                final = draft.model_copy(update={"tensors": tuple(
+                    _with_checksum(t, sum_) for t, sum_ in zip(draft.tensors, sums))})
                 writer.finish(final)
             except BaseException:
                 writer.abort()
@@ -104,9 +107,68 @@ def write_stream(fmt: type[Format], path: str | Path, manifest: Manifest,
         raise
     except OSError as e:
         raise FormatError(f"{path}: cannot write: {e.strerror or e}") from e
+    finally:
+        hasher.close()
     return final
 
 
+def _with_checksum(entry: TensorEntry, checksum: str | None) -> TensorEntry:
+    """``entry`` with another checksum. Checksums come from :func:`digest` or :func:`placeholder`, so they are
+    valid by construction: a plain copy, not ``model_copy(update=...)``, which costs twice as much (it
+    matters with tens of thousands of tensors)."""
+    if entry.checksum == checksum:
+        return entry
+    new = copy.copy(entry)
+    new.__dict__["checksum"] = checksum
+    new.__pydantic_fields_set__.add("checksum")
+    return new
+
+
+def _prepared(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A contiguous CPU tensor of ``dtype``: the tensor itself when it already is one (no call that would
+    cost microseconds per tensor for nothing)."""
+    if tensor.requires_grad:
+        tensor = tensor.detach()
+    if tensor.dtype != dtype or not tensor.is_cpu:
+        tensor = tensor.to(device="cpu", dtype=dtype)
+    return tensor if tensor.is_contiguous() else tensor.contiguous()
+
+
+class _Hasher:
+    """Writes a tensor and computes its checksum. For large tensors the hash runs in a second thread while
+    the writer copies the same bytes to the file (xxhash and file writes both release the GIL), so the
+    checksum costs next to nothing; small ones are hashed in line, where a thread would cost more."""
+
+    #: Below this many bytes a tensor is hashed in line.
+    THREAD_MIN = 1 << 20
+
+    def __init__(self, algorithm: str | None) -> None:
+        self._algorithm = algorithm
+        self._pool: ThreadPoolExecutor | None = None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+
+    def write(self, writer: Writer, entry: TensorEntry, data: torch.Tensor) -> str | None:
+        if self._algorithm is None:
+            writer.write_tensor(entry, data)
+            return None
+        buffer = tensor_bytes(data)
+        if buffer.nbytes < self.THREAD_MIN:
+            writer.write_tensor(entry, data)
+            return digest(buffer, self._algorithm)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="paramio-hash")
+        future = self._pool.submit(digest, buffer, self._algorithm)
+        try:
+            writer.write_tensor(entry, data)
+        finally:
+            sum_ = future.result()  # never leave the thread reading a tensor that is about to be dropped
+        return sum_
+
+
+@paused_gc
 def save(obj: nn.Module | Mapping[str, torch.Tensor] | Checkpoint, path: str | Path, *,
          format: str | None = None, example_inputs: Any = None, grads: bool = False,
          dtype: str | torch.dtype | None = None, metadata: Mapping[str, str] | None = None,

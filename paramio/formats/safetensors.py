@@ -11,6 +11,7 @@ data is then mapped copy-on-write, like ``safe_open``.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import struct
 from collections.abc import Mapping
@@ -21,7 +22,8 @@ from typing import Any, BinaryIO
 import torch
 
 from ..atomic import Staging
-from ..dtypes import torch_dtype
+from ..checksum import tensor_bytes
+from ..dtypes import DTYPES, torch_dtype
 from ..errors import FormatError
 from ..manifest import Manifest, TensorEntry
 from .base import FileContents, Format, Reader, StoredTensor, Writer
@@ -31,6 +33,7 @@ __all__ = ["SafetensorsFormat", "MANIFEST_KEY", "HEADER_CAP"]
 MANIFEST_KEY = "paramio.manifest"
 #: The stock library's own cap on the header size.
 HEADER_CAP = 100_000_000
+_METADATA = "__metadata__"
 
 # safetensors dtype code <-> manifest dtype name
 _CODES = {
@@ -43,18 +46,42 @@ _DTYPE_CODES = {name: code for code, name in _CODES.items()}
 _ITEMSIZE = {name: torch.empty(0, dtype=torch_dtype(name)).element_size() for name in _CODES.values()}
 
 
-def _header_bytes(manifest: Manifest, offsets: list[tuple[int, int]]) -> bytes:
-    meta: dict[str, str] = {"format": "pt", MANIFEST_KEY: manifest.to_json()}
-    for alias, canonical in manifest.alias_map().items():
-        if alias not in meta and canonical in {t.name for t in manifest.tensors}:
-            meta[alias] = canonical
-    header: dict[str, Any] = {"__metadata__": meta}
+def _dumps(obj: object) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def _tensor_json(manifest: Manifest, offsets: list[tuple[int, int]]) -> tuple[str, str]:
+    """The header's tensor entries as two JSON objects: the names that sort before ``__metadata__`` and
+    those after it. Only the metadata changes between the draft and the final header, so the (large)
+    tensor part is serialized once and the header is spliced together around the metadata."""
+    before: dict[str, Any] = {}
+    after: dict[str, Any] = {}
     for entry, (begin, end) in zip(manifest.tensors, offsets):
-        if entry.dtype not in _DTYPE_CODES:
+        code = _DTYPE_CODES.get(entry.dtype)
+        if code is None:
             raise FormatError(f"tensor `{entry.name}`: dtype {entry.dtype} has no safetensors code")
-        header[entry.name] = {"dtype": _DTYPE_CODES[entry.dtype], "shape": list(entry.shape),
-                              "data_offsets": [begin, end]}
-    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+        if entry.name == _METADATA:
+            raise FormatError(f"tensor `{_METADATA}`: safetensors reserves this name for the header's metadata")
+        side = before if entry.name < _METADATA else after
+        side[entry.name] = {"dtype": code, "shape": list(entry.shape), "data_offsets": [begin, end]}
+    return _dumps(before), _dumps(after)
+
+
+def _metadata_json(manifest: Manifest) -> str:
+    meta: dict[str, str] = {"format": "pt", MANIFEST_KEY: manifest.to_json()}
+    stored = {t.name for t in manifest.tensors}
+    for alias, canonical in manifest.alias_map().items():
+        if alias not in meta and canonical in stored:
+            meta[alias] = canonical
+    return _dumps(meta)
+
+
+def _header_bytes(tensors: tuple[str, str], metadata: str) -> bytes:
+    """u64 length + the JSON header (keys sorted, as ``json.dumps(sort_keys=True)`` of the whole header
+    would give), padded with spaces to 8 bytes."""
+    before, after = tensors
+    text = "".join((before[:-1], "," if len(before) > 2 else "", f'"{_METADATA}":', metadata,
+                    "," if len(after) > 2 else "", after[1:])).encode()
     text += b" " * (-len(text) % 8)
     return struct.pack("<Q", len(text)) + text
 
@@ -77,7 +104,8 @@ class SafetensorsWriter(Writer):
     def __init__(self, temp: Path, final: Path, staging: Staging, draft: Manifest, options: Mapping[str, Any]):
         super().__init__(temp, final, staging, draft, options)
         self._offsets = _offsets(draft)
-        self._header = _header_bytes(draft, self._offsets)
+        self._tensors = _tensor_json(draft, self._offsets)
+        self._header = _header_bytes(self._tensors, _metadata_json(draft))
         self._file: BinaryIO = open(temp, "wb")
         self._file.write(self._header)
         self._index = 0
@@ -85,13 +113,13 @@ class SafetensorsWriter(Writer):
     def write_tensor(self, entry: TensorEntry, tensor: torch.Tensor) -> None:
         begin, end = self._offsets[self._index]
         self._index += 1
-        data = _as_bytes(tensor)
+        data = tensor_bytes(tensor)
         if data.nbytes != end - begin:
             raise FormatError(f"tensor `{entry.name}`: {data.nbytes} bytes given, {end - begin} expected")
         self._file.write(data)
 
     def finish(self, manifest: Manifest) -> None:
-        header = _header_bytes(manifest, self._offsets)
+        header = _header_bytes(self._tensors, _metadata_json(manifest))
         if len(header) != len(self._header):
             raise FormatError("internal error: the safetensors header changed size between draft and final")
         self._file.seek(0)
@@ -104,13 +132,6 @@ class SafetensorsWriter(Writer):
         self._file.close()
 
 
-def _as_bytes(tensor: torch.Tensor) -> memoryview:
-    flat = tensor.contiguous().reshape(-1)
-    if flat.numel() == 0:
-        return memoryview(b"")
-    return memoryview(flat.view(torch.uint8).numpy()).cast("B")
-
-
 class SafetensorsReader(Reader):
     def __init__(self, path: Path) -> None:
         super().__init__(path)
@@ -119,6 +140,9 @@ class SafetensorsReader(Reader):
             with open(self.path, "rb") as fh:
                 self._size = os.fstat(fh.fileno()).st_size
                 self._parse(fh)
+                # Mapped now, from the file as opened: a later read must not reopen the name, which a
+                # writer may have replaced meanwhile (old header, new data). Copy-on-write; nothing is read.
+                self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY) if self._size else None
         except OSError as e:
             raise FormatError(f"{self.path}: cannot read: {e.strerror or e}") from e
 
@@ -160,29 +184,39 @@ class SafetensorsReader(Reader):
         if pos != data_size:
             raise self._fail(f"tensors cover {pos} data bytes but the file holds {data_size} (truncated or padded)")
         self._stored = tuple(e[2] for e in entries)
-        self._ranges = {e[2].name: (e[0], e[1]) for e in entries}
+        self._found = {e[2].name: (e[0], e[1], e[2]) for e in entries}
 
     def _entry(self, name: str, info: object) -> tuple[int, int, StoredTensor]:
-        if not isinstance(info, dict):
+        # Plain loops and exact type checks: this runs once per tensor, 20,000 times for some files.
+        if type(info) is not dict:
             raise self._fail(f"tensor `{name}`: entry is not an object")
         code, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-        if code not in _CODES:
+        dtype = _CODES.get(code) if type(code) is str else None
+        if dtype is None:
             raise self._fail(f"tensor `{name}`: unknown dtype {code!r}")
-        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape) or len(shape) > 64:
+        numel = 1
+        if type(shape) is list and len(shape) <= 64:
+            for d in shape:
+                if type(d) is not int or d < 0:
+                    break
+                numel *= d
+            else:
+                shape = tuple(shape)
+        if type(shape) is not tuple:
             raise self._fail(f"tensor `{name}`: shape must be a list of at most 64 non-negative integers")
-        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets)
-                or not 0 <= offsets[0] <= offsets[1]):
+        if type(offsets) is not list or len(offsets) != 2:
             raise self._fail(f"tensor `{name}`: data_offsets must be two ordered non-negative integers")
-        dtype = _CODES[code]
-        expected = prod(shape) * _ITEMSIZE[dtype]
-        if offsets[1] - offsets[0] != expected:
+        begin, end = offsets
+        if type(begin) is not int or type(end) is not int or not 0 <= begin <= end:
+            raise self._fail(f"tensor `{name}`: data_offsets must be two ordered non-negative integers")
+        expected = numel * _ITEMSIZE[dtype]
+        if end - begin != expected:
             raise self._fail(
-                f"tensor `{name}`: shape {tuple(shape)} of {dtype} needs {expected} bytes, data_offsets give "
-                f"{offsets[1] - offsets[0]}"
+                f"tensor `{name}`: shape {shape} of {dtype} needs {expected} bytes, data_offsets give {end - begin}"
             )
-        if offsets[1] > self._size - self._data_start:
-            raise self._fail(f"tensor `{name}`: data_offsets end at {offsets[1]}, past the end of the data")
-        return offsets[0], offsets[1], StoredTensor(name, dtype, tuple(shape))
+        if end > self._size - self._data_start:
+            raise self._fail(f"tensor `{name}`: data_offsets end at {end}, past the end of the data")
+        return begin, end, StoredTensor(name, dtype, shape)
 
     def contents(self) -> FileContents:
         names = {s.name for s in self._stored}
@@ -197,21 +231,22 @@ class SafetensorsReader(Reader):
         )
 
     def read(self, name: str) -> torch.Tensor:
-        stored = next((s for s in self._stored if s.name == name), None)
-        if stored is None:
+        found = self._found.get(name)
+        if found is None:
             raise FormatError(f"{self.path}: no tensor `{name}`")
-        dtype = torch_dtype(stored.dtype)
-        begin, end = self._ranges[name]
+        begin, end, stored = found
+        dtype = DTYPES[stored.dtype]
         if end == begin:
             return torch.empty(stored.shape, dtype=dtype)
         if self._storage is None:
             # Copy-on-write mapping of the whole file: pages are read when touched, edits stay private.
-            self._storage = torch.UntypedStorage.from_file(str(self.path), shared=False, nbytes=self._size)
+            self._storage = torch.frombuffer(self._map, dtype=torch.uint8).untyped_storage()
         start = self._data_start + begin
-        raw = torch.empty(0, dtype=torch.uint8).set_(self._storage, start, (end - begin,))
-        if start % _ITEMSIZE[stored.dtype]:
-            raw = raw.clone()  # unaligned for this dtype: an aligned copy
-        return raw.view(dtype).reshape(stored.shape)
+        itemsize = _ITEMSIZE[stored.dtype]
+        if start % itemsize:  # unaligned for this dtype: an aligned copy
+            raw = torch.empty(0, dtype=torch.uint8).set_(self._storage, start, (end - begin,))
+            return raw.clone().view(dtype).reshape(stored.shape)
+        return torch.empty(0, dtype=dtype).set_(self._storage, start // itemsize, stored.shape)
 
 
 class SafetensorsFormat(Format):
