@@ -1,16 +1,56 @@
 """Crash-safe writes: every output is written under a temporary name in its own folder, fsynced, then
 renamed over the target, so a failed or killed write never leaves a partial file nor clobbers the previous
-one."""
+one.
+
+A temporary is named ``.<name>.<host>-<pid>-<uuid>.partial``: no reader takes it for the checkpoint (a
+hidden name whose suffix names no format). A write that is killed (SIGKILL, power loss) cannot remove its
+own; the next write of the same file removes those whose process is gone on this machine
+(:func:`remove_stale`), and leaves alone those of live writers and of other machines sharing the folder.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import re
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["Staging", "staged"]
+__all__ = ["Staging", "staged", "remove_stale"]
+
+_HOST = hashlib.blake2s(socket.gethostname().encode(), digest_size=4).hexdigest()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: the process exists
+        return True
+    return True
+
+
+def remove_stale(final: str | Path) -> list[Path]:
+    """Remove the temporaries that killed writes of ``final`` on this machine left beside it (their process
+    is gone); return what was removed. Writes call it for their own target; it is safe to call any time."""
+    final = Path(final)
+    pattern = re.compile(rf"\.{re.escape(final.name)}\.([0-9a-f]{{8}})-(\d+)-[0-9a-f]{{32}}\.partial")
+    removed = []
+    try:
+        entries = list(os.scandir(final.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if match and match.group(1) == _HOST and not _alive(int(match.group(2))):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
 
 
 class Staging:
@@ -21,7 +61,8 @@ class Staging:
 
     def temp_for(self, final: Path) -> Path:
         final = Path(final)
-        temp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.partial")
+        remove_stale(final)
+        temp = final.with_name(f".{final.name}.{_HOST}-{os.getpid()}-{uuid.uuid4().hex}.partial")
         self._pending.append((temp, final))
         return temp
 

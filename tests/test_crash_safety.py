@@ -1,0 +1,305 @@
+"""Crash-safe writes, for every format: a write killed at any moment leaves the previous checkpoint
+byte-identical, its temporary is never taken for the checkpoint and the next write removes it; data is
+fsynced before the rename; readers of a file being replaced see the old or the new checkpoint whole.
+
+The writes run in forked children killed with SIGKILL: at fixed points (before the first tensor, halfway,
+before the header/manifest is finished, at the first fsync, just before and just after the rename) and from
+outside while the temporary file grows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+import paramio
+import paramio.atomic
+from paramio.errors import FormatError
+from paramio.formats.registry import for_path
+
+from .reliability import SUFFIX, bits_equal, formats_present
+
+FORMATS = formats_present()
+LAYERS = 8
+ELEMENTS = 1 << 20  # 8 layers of 4 MiB: a 32 MiB checkpoint
+
+
+def checkpoint(version: int) -> dict[str, torch.Tensor]:
+    """A model-like dict whose every value says which version it is, with a tie."""
+    out = {f"layers.{i}.weight": torch.full((ELEMENTS,), float(version * 100 + i)) for i in range(LAYERS)}
+    out["head.weight"] = out["layers.0.weight"]
+    return out
+
+
+def same_as(loaded: paramio.Checkpoint, expected: dict[str, torch.Tensor]) -> bool:
+    return (set(loaded) == set(expected) and all(bits_equal(loaded[n], t) for n, t in expected.items())
+            and loaded["head.weight"] is loaded["layers.0.weight"])
+
+
+def partials(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.name.endswith(".partial"))
+
+
+# -- killing a write ------------------------------------------------------------------------------------------
+
+
+def _die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _arm(point: str, path: Path) -> None:
+    """In the child: SIGKILL this process when the write reaches ``point``."""
+    fmt = for_path(path)
+    real_writer, real_fsync, real_replace = fmt.writer, os.fsync, os.replace
+    calls = {"tensor": 0, "replace": 0}
+
+    def writer(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        w = real_writer(*args, **kwargs)
+        real_write, real_finish = w.write_tensor, w.finish
+
+        def write_tensor(entry, tensor):  # noqa: ANN001, ANN202
+            calls["tensor"] += 1
+            if (point == "first-tensor" and calls["tensor"] == 1) or (point == "half" and calls["tensor"] == 5):
+                _die()
+            real_write(entry, tensor)
+
+        def finish(manifest):  # noqa: ANN001, ANN202
+            if point == "finish":
+                _die()
+            real_finish(manifest)
+
+        w.write_tensor, w.finish = write_tensor, finish
+        return w
+
+    def fsync(fd: int) -> None:
+        if point == "fsync":
+            _die()
+        real_fsync(fd)
+
+    def replace(src, dst) -> None:  # noqa: ANN001
+        calls["replace"] += 1
+        if (point == "rename" and calls["replace"] == 1) or (point == "second-rename" and calls["replace"] == 2):
+            _die()
+        real_replace(src, dst)
+        if point == "renamed" and Path(dst) == path:  # the checkpoint itself is renamed last
+            _die()
+
+    fmt.writer = writer
+    os.fsync, os.replace = fsync, replace
+
+
+@contextlib.contextmanager
+def child(work: Callable[[], None]) -> Iterator[int]:
+    """Fork a child that runs ``work`` (exit 0) or dies; yield its pid; reap it on exit."""
+    pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        code = 0
+        try:
+            torch.set_num_threads(1)
+            work()
+        except BaseException:  # noqa: BLE001
+            code = 3
+        os._exit(code)
+    try:
+        yield pid
+    finally:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+
+
+def killed_write(path: Path, tensors: dict, point: str, options: dict) -> int:
+    """Save ``tensors`` to ``path`` in a child killed at ``point``; return its wait status."""
+    with child(lambda: (_arm(point, path), paramio.save(tensors, path, **options))) as pid:
+        _, status = os.waitpid(pid, 0)
+    return status
+
+
+def killed_from_outside(path: Path, tensors: dict, fraction: float, options: dict) -> int:
+    """Save in a child; SIGKILL it once its temporary holds ``fraction`` of the previous file's size."""
+    target = path.stat().st_size * fraction
+    with child(lambda: paramio.save(tensors, path, **options)) as pid:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return status
+            sizes = [p.stat().st_size for p in partials(path.parent) if p.exists()]
+            if any(s >= target for s in sizes):
+                os.kill(pid, signal.SIGKILL)
+                return os.waitpid(pid, 0)[1]
+            time.sleep(0.0002)
+        os.kill(pid, signal.SIGKILL)
+        return os.waitpid(pid, 0)[1]
+
+
+POINTS = ["first-tensor", "half", "finish", "fsync", "rename", "renamed"]
+CASES = [pytest.param(fmt, {}, point, id=f"{fmt}-{point}") for fmt in FORMATS for point in POINTS]
+if "onnx" in FORMATS:
+    external = {"external_data": True}
+    CASES += [pytest.param("onnx", external, point, id=f"onnx-external-{point}") for point in POINTS]
+    CASES.append(pytest.param(
+        "onnx", external, "second-rename", id="onnx-external-second-rename", marks=pytest.mark.xfail(
+            strict=True, reason="paramio/formats/onnx.py: the external data file keeps one name (<model>.data), "
+            "so commit renames the new data over the old before it renames the model: a kill between the two "
+            "renames leaves the old model with the new data (checksum errors), and a reader of the old model "
+            "may open the new data. Fix: a data file name unique to its content or write, the model rename "
+            "as the one commit point, old data files removed after it.")))
+
+
+@pytest.mark.parametrize("fmt, options, point", CASES)
+def test_a_write_killed_at_any_point_leaves_the_previous_file_whole(tmp_path: Path, fmt: str, options: dict,
+                                                                    point: str) -> None:
+    path = tmp_path / f"model{SUFFIX[fmt]}"
+    old, new, later = checkpoint(1), checkpoint(2), checkpoint(3)
+    paramio.save(old, path, **options)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    status = killed_write(path, new, point, options)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, f"the write was not killed: {status}"
+    if point == "renamed":
+        assert same_as(paramio.load(path), new)
+    else:
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name in before} == before
+        assert same_as(paramio.load(path), old)
+    # Past "fsync" every format has written its temporary; before, some have not opened it yet.
+    _later_write_cleans_up(path, later, options, expect_leftovers=point in ("fsync", "rename", "second-rename"))
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.7, 0.97], ids=lambda f: f"at-{int(f * 100)}pct")
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_write_killed_from_outside_leaves_the_old_or_the_new_file_whole(tmp_path: Path, fmt: str,
+                                                                          fraction: float) -> None:
+    path = tmp_path / f"model{SUFFIX[fmt]}"
+    old, new = checkpoint(1), checkpoint(2)
+    paramio.save(old, path)
+    before = path.read_bytes()
+    status = killed_from_outside(path, new, fraction, {})
+    loaded = paramio.load(path)
+    if os.WIFSIGNALED(status):
+        assert path.read_bytes() == before or same_as(loaded, new)
+    else:
+        assert os.WEXITSTATUS(status) == 0 and same_as(loaded, new)
+    assert same_as(loaded, old) or same_as(loaded, new)
+    _later_write_cleans_up(path, checkpoint(3), {}, expect_leftovers=False)
+
+
+def _later_write_cleans_up(path: Path, tensors: dict, options: dict, *, expect_leftovers: bool) -> None:
+    """Leftover temporaries are never read as the checkpoint; the next write succeeds and removes them."""
+    leftovers = partials(path.parent)
+    if expect_leftovers:
+        assert leftovers, "a killed write before the rename leaves its temporary (it cannot remove it)"
+    for temp in leftovers:
+        assert temp.name.startswith(".")
+        with pytest.raises(FormatError, match="unknown suffix"):
+            paramio.load(temp)
+    paramio.save(tensors, path, **options)
+    assert same_as(paramio.load(path), tensors)
+    assert partials(path.parent) == []
+
+
+def test_temporaries_of_live_writers_and_other_files_are_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    host = paramio.atomic._HOST
+    live = tmp_path / f".model.safetensors.{host}-{os.getpid()}-{'a' * 32}.partial"
+    other_host = tmp_path / f".model.safetensors.{'0' * 8 if host != '0' * 8 else '1' * 8}-999999999-{'b' * 32}.partial"
+    other_file = tmp_path / f".other.safetensors.{host}-999999999-{'c' * 32}.partial"
+    dead = tmp_path / f".model.safetensors.{host}-999999999-{'d' * 32}.partial"
+    for p in (live, other_host, other_file, dead):
+        p.write_bytes(b"partial")
+    assert paramio.atomic.remove_stale(path) == [dead]
+    assert partials(tmp_path) == sorted([live, other_host, other_file])
+
+
+# -- fsync before rename --------------------------------------------------------------------------------------
+
+
+FSYNC_CASES = [pytest.param(fmt, {}, id=fmt) for fmt in FORMATS]
+FSYNC_CASES += [pytest.param("onnx", {"external_data": True}, id="onnx-external")] if "onnx" in FORMATS else []
+
+
+@pytest.mark.parametrize("fmt, options", FSYNC_CASES)
+def test_data_is_fsynced_before_the_rename_and_the_folder_after(tmp_path: Path, fmt: str, options: dict,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst) -> None:  # noqa: ANN001
+        events.append(("replace", str(src)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    paramio.save(checkpoint(1), tmp_path / f"m{SUFFIX[fmt]}", **options)
+    renamed = [p for kind, p in events if kind == "replace"]
+    assert renamed, events
+    for temp in renamed:
+        first_rename = events.index(("replace", renamed[0]))
+        assert ("fsync", temp) in events[:first_rename], f"{temp} renamed before it was fsynced: {events}"
+    assert events[-1] == ("fsync", str(tmp_path)), "the folder is fsynced after the renames"
+
+
+# -- concurrent readers ---------------------------------------------------------------------------------------
+
+#: Readers that map the file by name at their first tensor read (after the header was parsed), so a replace
+#: in between gives them the old header with the new data.
+_REOPEN = {"hdf5": "paramio/formats/hdf5.py", "onnx": "paramio/formats/onnx.py"}
+
+
+def _reopen_xfail(fmt: str) -> list:
+    if fmt not in _REOPEN:
+        return []
+    return [pytest.mark.xfail(strict=True, reason=(
+        f"{_REOPEN[fmt]}: read() maps the file with UntypedStorage.from_file(str(path)), reopening the name "
+        "after the header was parsed; a write that replaced the file meanwhile gives the old manifest the new "
+        "data (checksum mismatch). Fix: map the file opened at init (mmap.mmap(fd, 0, ACCESS_COPY) and "
+        "torch.frombuffer, as safetensors.py does)."))]
+
+
+@pytest.mark.parametrize("fmt", [pytest.param(f, marks=_reopen_xfail(f)) for f in FORMATS])
+def test_a_reader_reads_the_file_it_opened_even_if_it_is_replaced(tmp_path: Path, fmt: str) -> None:
+    from paramio.reading import manifest_of, open_file, read_verified
+
+    path = tmp_path / f"model{SUFFIX[fmt]}"
+    old, new = checkpoint(1), checkpoint(2)
+    paramio.save(old, path)
+    with open_file(path) as reader:
+        manifest = manifest_of(reader)
+        paramio.save(new, path)  # atomically replaces the file under the open reader
+        read = {e.name: read_verified(reader, e, True) for e in manifest.tensors}
+    assert all(bits_equal(read[n], old[n]) for n in read)
+    assert same_as(paramio.load(path), new)
+
+
+@pytest.mark.parametrize("fmt", [f for f in FORMATS if f not in _REOPEN])
+def test_readers_of_a_file_being_replaced_see_the_old_or_the_new_file_whole(tmp_path: Path, fmt: str) -> None:
+    path = tmp_path / f"model{SUFFIX[fmt]}"
+    versions = [{f"t{i}": torch.full((1 << 16,), float(v * 10 + i)) for i in range(4)} for v in range(2)]
+    paramio.save(versions[0], path)
+
+    def rewrite() -> None:
+        for i in range(40):
+            paramio.save(versions[i % 2], path)
+
+    loads = 0
+    with child(rewrite) as pid:
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            ck = paramio.load(path)  # never an error, never a mix
+            assert any(set(ck) == set(v) and all(bits_equal(ck[n], t) for n, t in v.items()) for v in versions), \
+                f"load {loads} saw a mix of versions"
+            loads += 1
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, "the writer failed"
+    assert loads >= 5
