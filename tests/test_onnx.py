@@ -175,6 +175,29 @@ def test_export_is_the_inference_graph_and_leaves_the_model_training(tmp_path: P
     torch.testing.assert_close(torch.from_numpy(run(path, x)[0]), expected)
 
 
+def test_export_renames_graph_values_that_clash_with_stored_names(tmp_path: Path) -> None:
+    """The exporter names values after their op (`linear`, `add`): a top-level parameter or buffer of that
+    name, stored as an initializer, must not collide with them."""
+
+    class Clash(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Parameter(torch.randn(4, 4))
+            self.tied = self.linear  # the exporter names the initializer `tied`; paramio renames it `linear`
+            self.register_buffer("add", torch.ones(4))  # stored, unused by the graph
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return nn.functional.linear(nn.functional.linear(x, self.tied), self.linear) + 1.0
+
+    model = Clash()
+    path = tmp_path / "clash.onnx"
+    paramio.save(model, path, example_inputs=(torch.zeros(2, 4),))
+    onnx.checker.check_model(str(path), full_check=True)
+    assert [t.name for t in onnx.load(path).graph.initializer] == ["linear", "add"]
+    x = torch.randn(2, 4)
+    torch.testing.assert_close(torch.from_numpy(run(path, x)[0]), model(x).detach())
+
+
 def test_export_refuses_a_dtype_cast_the_graph_would_not_match(tmp_path: Path) -> None:
     path = tmp_path / "mlp.onnx"
     with pytest.raises(FormatError, match="cast the model"):

@@ -113,13 +113,10 @@ def _cast_error(where: str, name: str, computes: torch.dtype, stores: str) -> Fo
 
 
 def export_graph(model: nn.Module, example_inputs: Any, draft: Manifest, *, dynamic_shapes: Any = None,
-                 where: str = "onnx") -> tuple[Any, dict[str, str]]:
-    """Export ``model`` and return ``(model_proto, used)``.
-
-    ``model_proto`` is the exported ``onnx.ModelProto`` whose graph refers to the stored tensors by their
-    canonical names but holds no initializer for them (only the exporter's constants); ``used`` maps each
-    canonical name the graph uses to the exporter's own name for it.
-    """
+                 where: str = "onnx") -> Any:
+    """Export ``model``: an ``onnx.ModelProto`` whose graph refers to the stored tensors by their canonical
+    names but holds no initializer for them (only the exporter's constants), and in which no other value
+    carries the name of a stored tensor (the writer adds every stored tensor as an initializer)."""
     import onnx_ir as ir
 
     state = model.state_dict(keep_vars=True)
@@ -140,7 +137,6 @@ def export_graph(model: nn.Module, example_inputs: Any, draft: Manifest, *, dyna
 
     # 1. Which initializers are the model's tensors, and under which canonical name.
     mapped: dict[str, Any] = {}  # canonical name -> IR value
-    used: dict[str, str] = {}
     for exporter_name in list(graph.initializers):
         value = graph.initializers[exporter_name]
         raw = getattr(value.const_value, "raw", None)
@@ -156,8 +152,7 @@ def export_graph(model: nn.Module, example_inputs: Any, draft: Manifest, *, dyna
             )
         entry = entries.get(canonical)
         if entry is None:
-            raise FormatError(f"{where}: the exported graph uses `{name}`, which the checkpoint does not store "
-                              "(saved with buffers=False?)")
+            raise FormatError(f"{where}: the exported graph uses `{name}`, which the checkpoint does not store")
         if torch_dtype(entry.dtype) != raw.dtype:
             raise _cast_error(where, canonical, raw.dtype, entry.dtype)
         graph.initializers.pop(exporter_name)
@@ -165,9 +160,9 @@ def export_graph(model: nn.Module, example_inputs: Any, draft: Manifest, *, dyna
             value.replace_all_uses_with(mapped[canonical], replace_graph_outputs=True)
             continue
         mapped[canonical] = value
-        used[canonical] = exporter_name
 
-    # 2. Free the stored names: no other value of the graph may carry one.
+    # 2. Free the stored names: no other value may carry one (the exporter names a node's output after its op,
+    #    `linear`, `add`, which can be a top-level parameter's or buffer's name).
     stored = set(entries)
     taken = {v.name for v in graph.inputs} | set(graph.initializers) | set(stored)
     taken |= {out.name for node in graph for out in node.outputs}
@@ -188,5 +183,4 @@ def export_graph(model: nn.Module, example_inputs: Any, draft: Manifest, *, dyna
     # 3. Rename the model's tensors to their canonical names.
     for canonical, value in mapped.items():
         value.name = canonical
-    proto = ir.serde.serialize_model(program.model)
-    return proto, used
+    return ir.serde.serialize_model(program.model)

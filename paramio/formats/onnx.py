@@ -187,8 +187,8 @@ class ONNXWriter(Writer):
         if model is not None and example is not None:
             from ._onnx_export import export_graph
 
-            proto, _ = export_graph(model, example, draft, dynamic_shapes=options.get("dynamic_shapes"),
-                                    where=str(final))
+            proto = export_graph(model, example, draft, dynamic_shapes=options.get("dynamic_shapes"),
+                                 where=str(final))
         else:
             proto = _container(draft)
         proto.producer_name, proto.producer_version = "paramio", __version__
