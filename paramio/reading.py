@@ -4,12 +4,15 @@ identity restored."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pydantic
 import torch
 
+from ._gc import paused_gc
 from .checksum import algorithm_of, digest, tensor_bytes
 from .checkpoint import Checkpoint
 from .dtypes import DTYPES, torch_dtype
@@ -26,6 +29,8 @@ __all__ = ["open_file", "manifest_of", "file_problems", "read_manifest", "load",
 MAX_TENSORS = 1_000_000
 #: A paramio manifest longer than this is refused before it is parsed (the safetensors header cap).
 MAX_MANIFEST_BYTES = 100_000_000
+#: Tensors of at least this many bytes are verified in worker threads; smaller ones cost less in line.
+_THREAD_MIN = 1 << 20
 
 
 def _pydantic_summary(e: pydantic.ValidationError, limit: int = 3) -> str:
@@ -120,6 +125,7 @@ def manifest_of(reader: Reader, *, check: bool = True) -> Manifest:
     return manifest
 
 
+@paused_gc
 def read_manifest(path: str | Path, *, format: str | None = None) -> Manifest:
     """The manifest of a checkpoint file, reading no tensor data."""
     with open_file(path, format) as reader:
@@ -134,31 +140,62 @@ def read_verified(reader: Reader, entry: TensorEntry, verify: bool) -> torch.Ten
         raise
     except (OSError, ValueError, RuntimeError, KeyError, TypeError, MemoryError) as e:
         raise FormatError(f"{reader.path}: tensor `{entry.name}`: cannot read: {e}") from e
-    if tensor.dtype != DTYPES[entry.dtype] or tuple(tensor.shape) != entry.shape:
+    if tensor.dtype != DTYPES[entry.dtype] or tensor.shape != entry.shape:
         raise FormatError(f"{reader.path}: tensor `{entry.name}`: data does not match its manifest entry")
     if verify and entry.checksum is not None:
         actual = digest(tensor_bytes(tensor), algorithm_of(entry.checksum))
         if actual != entry.checksum:
-            raise FormatError(
-                f"{reader.path}: tensor `{entry.name}`: checksum mismatch (file corrupt or modified); "
-                "load with verify=False to read it anyway"
-            )
+            raise _mismatch(reader.path, entry.name)
     return tensor
 
 
+def _mismatch(path: Path, name: str) -> FormatError:
+    return FormatError(f"{path}: tensor `{name}`: checksum mismatch (file corrupt or modified); "
+                       "load with verify=False to read it anyway")
+
+
+def _verify_all(path: Path, entries: Sequence[TensorEntry], tensors: Sequence[torch.Tensor]) -> None:
+    """Check every checksum; large tensors are hashed on all cores (the hash releases the GIL, and on a
+    mapped file it is also what reads the pages), largest first so that the threads finish together."""
+    sums: dict[int, str] = {}
+    big = sorted((i for i, e in enumerate(entries) if e.checksum is not None and tensors[i].nbytes >= _THREAD_MIN),
+                 key=lambda i: -tensors[i].nbytes)
+    workers = min(4, os.cpu_count() or 1)
+    with contextlib.ExitStack() as stack:
+        futures = {}
+        if len(big) > 1 and workers > 1:
+            pool = stack.enter_context(ThreadPoolExecutor(workers, thread_name_prefix="paramio-verify"))
+            futures = {i: pool.submit(digest, tensor_bytes(tensors[i]), algorithm_of(entries[i].checksum))
+                       for i in big}
+        for i, entry in enumerate(entries):
+            if entry.checksum is not None and i not in futures:
+                sums[i] = digest(tensor_bytes(tensors[i]), algorithm_of(entry.checksum))
+        sums.update((i, f.result()) for i, f in futures.items())
+    for i, entry in enumerate(entries):  # the first mismatch in file order, whichever thread found it
+        if entry.checksum is not None and sums[i] != entry.checksum:
+            raise _mismatch(path, entry.name)
+
+
+@paused_gc
 def load(path: str | Path, *, device: str | torch.device = "cpu", verify: bool = True,
          format: str | None = None) -> Checkpoint:
     """Every name in the file; aliases are the very same tensor object as their canonical."""
+    target = torch.device(device)
     with open_file(path, format) as reader:
         manifest = manifest_of(reader)
+        stored = [read_verified(reader, entry, False) for entry in manifest.tensors]
+        if verify:
+            _verify_all(reader.path, manifest.tensors, stored)
         tensors: dict[str, torch.Tensor] = {}
         grads: dict[str, torch.Tensor] = {}
-        for entry in manifest.tensors:
-            tensor = read_verified(reader, entry, verify).to(device)
+        for entry, tensor in zip(manifest.tensors, stored):
+            if tensor.device != target:
+                tensor = tensor.to(target)
             if entry.kind == "gradient":
                 grads[entry.name[len(GRAD_PREFIX):]] = tensor
             else:
                 tensors[entry.name] = tensor
+        del stored
     for view in manifest.views:
         base = tensors[view.base]
         tensors[view.name] = base.as_strided(view.shape, view.stride, base.storage_offset() + view.offset)
