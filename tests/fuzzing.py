@@ -24,7 +24,6 @@ import collections
 import io
 import json
 import os
-import pickle
 import random
 import re
 import resource
@@ -170,7 +169,12 @@ def write_seeds(folder: Path, formats: Iterable[str]) -> dict[str, list[Path]]:
             paramio.save(model, path, grads=True)
             return [p.grad for p in model.parameters()] + list(model.state_dict().values())
 
-        made = [("mixed", mixed), ("lm", lm), ("grads", grads)]
+        def external(path: Path) -> list:  # ONNX: tensors in a data file beside the model
+            model = tiny_lm()
+            paramio.save(model, path, external_data=True)
+            return list(model.state_dict().values())
+
+        made = [("mixed", mixed), ("lm", lm), ("grads", grads)] + ([("external", external)] if fmt == "onnx" else [])
         out = []
         for name, build in made:
             where = folder / fmt / name / MODEL_DIR
@@ -1139,8 +1143,10 @@ def _identity(request: dict) -> dict:
 
 def campaign(formats: list[str], cases: int | dict[str, int], *, base_seed: int, workdir: Path,
              pool: WorkerPool | None = None, workers: int = 2, timeout: float = 30.0, mem_cap_mb: int = 1024,
-             progress: Callable[[int, int], None] | None = None) -> dict[str, list[dict]]:
-    """Run ``cases`` mutated files per format (in ``pool``, or a pool of its own); every result by format."""
+             progress: Callable[[int, int], None] | None = None,
+             findings_dir: Path | None = None) -> dict[str, list[dict]]:
+    """Run ``cases`` mutated files per format (in ``pool``, or a pool of its own); every result by format.
+    With ``findings_dir``, each finding's file is written there again (``<format>-<case>/``)."""
     counts = cases if isinstance(cases, dict) else dict.fromkeys(formats, cases)
     seeds = write_seeds(workdir / "seeds", formats)
     requests = [
@@ -1156,6 +1162,13 @@ def campaign(formats: list[str], cases: int | dict[str, int], *, base_seed: int,
     try:
         for done, result in enumerate(pool.map(requests), 1):
             results[result["fmt"]].append(result)
+            if findings_dir is not None and result["outcome"] in BAD:
+                folder = findings_dir / f"{result['fmt']}-{result['case']}"
+                shutil.rmtree(folder, ignore_errors=True)
+                folder.mkdir(parents=True)
+                seed = seeds[result["fmt"]][result["case"] % len(seeds[result["fmt"]])]
+                _, result["done"] = make_case(result["fmt"], seed, case_rng(base_seed, result["fmt"], result["case"]),
+                                              folder)
             if progress is not None:
                 progress(done, len(requests))
     finally:
@@ -1216,7 +1229,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rss-jump-mb", type=int, default=512, help="peak-RSS rise that counts as a finding")
     parser.add_argument("--json", type=Path, default=None, help="write the summary and findings here")
     parser.add_argument("--replay", default=None, metavar="FORMAT:CASE", help="write one case out and check it")
-    parser.add_argument("--out", type=Path, default=Path("fuzz-out"), help="folder for --replay and the logs")
+    parser.add_argument("--out", type=Path, default=Path("fuzz-out"),
+                        help="folder for the findings (each file written again), the worker logs and --replay")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -1247,7 +1261,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         results = campaign(formats, args.cases, base_seed=base, workers=args.workers, timeout=args.timeout,
-                           workdir=workdir, mem_cap_mb=args.mem_cap_mb, progress=progress)
+                           workdir=workdir, mem_cap_mb=args.mem_cap_mb, progress=progress,
+                           findings_dir=args.out / "findings")
     finally:
         logs = args.out / "logs"
         logs.mkdir(parents=True, exist_ok=True)
