@@ -205,8 +205,8 @@ def case_table(case: str, spec: cases.Spec, formats: Sequence[str], results: dic
     n = len(spec.shapes)
     head = (f"### {case}: {n} tensors{' + 1 tied alias' if spec.aliases else ''}, {spec.nbytes / 1e6:.0f} MB "
             f"(largest {spec.largest / 1e6:.0f} MB)\n\n"
-            "| format | operation | stock | paramio | paramio / stock | stock extra peak | paramio extra peak |\n"
-            "|---|---|---|---|---|---|---|\n")
+            "| format | operation | stock | paramio | paramio / stock | CPU time ratio | stock extra peak | "
+            "paramio extra peak |\n|---|---|---|---|---|---|---|---|\n")
     rows = []
     for f in formats:
         for label, p_action, s_action in (("save", "save", "save"), ("load (verified)", "load", "load"),
@@ -218,9 +218,10 @@ def case_table(case: str, spec: cases.Spec, formats: Sequence[str], results: dic
             if p is None and s is None:
                 continue
             ratio = _ratio(_median(p), _median(s))
+            cpu = _ratio(_median(p, "cpu"), _median(s, "cpu"))
             rows.append(f"| {f} | {label} | {_time_cell(s, spec.nbytes, n)} | {_time_cell(p, spec.nbytes, n)} | "
-                        f"{'-' if ratio is None else f'{ratio:.2f}×'} | {_mem_cell(s, spec.nbytes)} | "
-                        f"{_mem_cell(p, spec.nbytes)} |")
+                        f"{'-' if ratio is None else f'{ratio:.2f}×'} | {'-' if cpu is None else f'{cpu:.2f}×'} | "
+                        f"{_mem_cell(s, spec.nbytes)} | {_mem_cell(p, spec.nbytes)} |")
     return head + "\n".join(rows) + "\n"
 
 
@@ -301,9 +302,10 @@ def _header(scale: str, runs: int, formats: Sequence[str]) -> str:
             f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
             f"torch {torch.__version__}, safetensors {safetensors.__version__}, h5py {h5py.__version__} "
             f"(HDF5 {h5py.version.hdf5_version}), onnx {onnx.__version__}; scale {scale}, {runs} runs, "
-            f"formats: {', '.join(formats) or 'none'}. Times are medians [min–max] of the operation inside "
-            f"its own process; loads include summing every tensor; extra peak = peak RSS minus RSS right "
-            f"before the operation (x the checkpoint's bytes).\n")
+            f"formats: {', '.join(formats) or 'none'}. Times are medians [min–max] of the operation's wall time "
+            f"inside its own process; loads include summing every tensor; the CPU time ratio (user + system, "
+            f"all threads) is a cross-check that a busy machine disturbs less; extra peak = peak RSS minus RSS "
+            f"right before the operation (x the checkpoint's bytes).\n")
 
 
 # -- main ----------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ MANIFEST_KEY = "paramio.manifest"
 #: The stock library's own cap on the header size.
 HEADER_CAP = 100_000_000
 _METADATA = "__metadata__"
+_BUFFER = 1 << 20
 
 # safetensors dtype code <-> manifest dtype name
 _CODES = {
@@ -106,7 +107,7 @@ class SafetensorsWriter(Writer):
         self._offsets = _offsets(draft)
         self._tensors = _tensor_json(draft, self._offsets)
         self._header = _header_bytes(self._tensors, _metadata_json(draft))
-        self._file: BinaryIO = open(temp, "wb")
+        self._file: BinaryIO = open(temp, "wb", buffering=_BUFFER)  # small tensors: fewer syscalls
         self._file.write(self._header)
         self._index = 0
 
