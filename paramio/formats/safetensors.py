@@ -35,6 +35,8 @@ MANIFEST_KEY = "paramio.manifest"
 HEADER_CAP = 100_000_000
 _METADATA = "__metadata__"
 _BUFFER = 1 << 20
+#: Tensors of at least this many bytes are mapped on their own (and unmapped when freed).
+_OWN_MAP = 1 << 20
 
 # safetensors dtype code <-> manifest dtype name
 _CODES = {
@@ -144,6 +146,7 @@ class SafetensorsReader(Reader):
                 # Mapped now, from the file as opened: a later read must not reopen the name, which a
                 # writer may have replaced meanwhile (old header, new data). Copy-on-write; nothing is read.
                 self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY) if self._size else None
+                self._fd = os.dup(fh.fileno())  # for the large tensors' own mappings (see read)
         except OSError as e:
             raise FormatError(f"{self.path}: cannot read: {e.strerror or e}") from e
 
@@ -239,15 +242,26 @@ class SafetensorsReader(Reader):
         dtype = DTYPES[stored.dtype]
         if end == begin:
             return torch.empty(stored.shape, dtype=dtype)
+        start = self._data_start + begin
+        itemsize = _ITEMSIZE[stored.dtype]
+        if end - begin >= _OWN_MAP and not start % itemsize:
+            # A large tensor gets a mapping of its own, unmapped when the tensor is freed: streaming through
+            # a file (convert) then keeps one tensor's pages resident, not every page it has touched.
+            skip = start % mmap.ALLOCATIONGRANULARITY
+            own = mmap.mmap(self._fd, skip + end - begin, access=mmap.ACCESS_COPY, offset=start - skip)
+            return torch.frombuffer(own, dtype=dtype, offset=skip, count=(end - begin) // itemsize).view(stored.shape)
         if self._storage is None:
             # Copy-on-write mapping of the whole file: pages are read when touched, edits stay private.
             self._storage = torch.frombuffer(self._map, dtype=torch.uint8).untyped_storage()
-        start = self._data_start + begin
-        itemsize = _ITEMSIZE[stored.dtype]
         if start % itemsize:  # unaligned for this dtype: an aligned copy
             raw = torch.empty(0, dtype=torch.uint8).set_(self._storage, start, (end - begin,))
             return raw.clone().view(dtype).reshape(stored.shape)
         return torch.empty(0, dtype=dtype).set_(self._storage, start // itemsize, stored.shape)
+
+    def close(self) -> None:
+        if getattr(self, "_fd", -1) >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 class SafetensorsFormat(Format):
