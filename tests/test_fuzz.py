@@ -170,6 +170,19 @@ def test_a_file_declaring_a_terabyte_tensor_is_refused_before_any_allocation(
     assert str(path) in str(info.value)
 
 
+@pytest.mark.skipif("torch" not in FORMATS, reason="the torch format module is not in this checkout")
+def test_a_legacy_pickle_claiming_a_4_gb_string_is_refused_without_allocating(pool: WorkerPool,
+                                                                               tmp_path: Path) -> None:
+    """Found by atheris: torch's unpickler allocates a string's claimed length before reading it."""
+    buffer = io.BytesIO()
+    torch.save({"w": torch.ones(2)}, buffer, _use_new_zipfile_serialization=False)
+    data = buffer.getvalue()
+    at = data.rindex(b"\x80\x02]q\x00X") + 5  # the storage keys, the pickle torch reads after the tensors'
+    path = tmp_path / "legacy.pt"
+    path.write_bytes(data[:at + 1] + struct.pack("<I", 2**32 - 16) + data[at + 5:])
+    assert_refused(in_worker(pool, "torch", path), path)
+
+
 def test_a_view_with_more_elements_than_its_base_is_refused_both_ways(tmp_path: Path) -> None:
     """An expanded (stride-0) view costs no memory in the file but any number of elements once used: a file
     may not declare one (found by fuzzing: ``inspect --stats`` tried to allocate 8 TB), and saving one asks

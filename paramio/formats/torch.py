@@ -17,6 +17,7 @@ without a paramio manifest and are refused.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import pickletools
 import warnings
@@ -166,7 +167,11 @@ class TorchReader(Reader):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # torch's notes on legacy files and pickle protocols
-                return torch.load(self.path, map_location="cpu", weights_only=True, mmap=zipped)
+                if zipped:
+                    return torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
+                with open(self.path, "rb") as fh:  # the unpickler allocates a string's claimed length first
+                    return torch.load(_Bounded(fh, os.fstat(fh.fileno()).st_size), map_location="cpu",
+                                      weights_only=True)
         except pickle.UnpicklingError as e:
             raise FormatError(
                 f"{self.path}: refused by torch.load(weights_only=True) ({_reason(e)}); paramio never runs code "
@@ -265,6 +270,9 @@ class _Bounded:
 
     def readline(self) -> bytes:
         return self._fh.readline(1 << 16)
+
+    def __getattr__(self, name: str) -> Any:  # seek, tell, fileno ...: the file's own
+        return getattr(self._fh, name)
 
 
 #: Legacy storage classes by pickled global, with their element sizes.
