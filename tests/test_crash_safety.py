@@ -254,25 +254,21 @@ def test_data_is_fsynced_before_the_rename_and_the_folder_after(tmp_path: Path, 
 #: Readers that open the file by name twice (the header, then a mapping for the data), so a replace in between
 #: gives them the old header with the new data.
 _REOPEN = {
-    "hdf5": "paramio/formats/hdf5.py: read() maps the file with UntypedStorage.from_file(str(path)) after the "
-            "header was parsed at open",
     "onnx": "paramio/formats/onnx.py: read() maps the file with UntypedStorage.from_file(str(path)) after the "
             "fields were walked at open",
-    "torch": "paramio/formats/torch.py: torch.load(path, mmap=True) opens the zip by name for the pickle, then "
-             "maps the name again with UntypedStorage.from_file",
 }
 _FIX = ("; a write that replaced the file in between gives the old manifest the new data (checksum mismatch). "
         "Fix: map the file descriptor opened first (mmap.mmap(fd, 0, ACCESS_COPY) and torch.frombuffer, as "
         "safetensors.py does; for torch.load, the path /proc/self/fd/<fd> where it exists).")
 
 
-def _reopen_xfail(fmt: str, *, only: tuple[str, ...] = tuple(_REOPEN)) -> list:
-    if fmt not in _REOPEN or fmt not in only:
+def _reopen_xfail(fmt: str) -> list:
+    if fmt not in _REOPEN:
         return []
     return [pytest.mark.xfail(strict=True, reason=_REOPEN[fmt] + _FIX)]
 
 
-@pytest.mark.parametrize("fmt", [pytest.param(f, marks=_reopen_xfail(f, only=("hdf5", "onnx"))) for f in FORMATS])
+@pytest.mark.parametrize("fmt", [pytest.param(f, marks=_reopen_xfail(f)) for f in FORMATS])
 def test_a_reader_reads_the_file_it_opened_even_if_it_is_replaced(tmp_path: Path, fmt: str) -> None:
     from paramio.reading import manifest_of, open_file, read_verified
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import json
+import mmap
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -215,8 +216,8 @@ class HDF5Reader(Reader):
         super().__init__(path)
         self._storage: torch.UntypedStorage | None = None
         try:
-            self._size = os.path.getsize(self.path)
             self._file = h5py.File(self.path, "r")
+            self._size = os.fstat(self._file.id.get_vfd_handle()).st_size  # of the file opened, not the name
         except OSError as e:
             raise FormatError(f"{self.path}: not a readable HDF5 file (corrupt or truncated?): {e}") from e
         try:
@@ -401,8 +402,10 @@ class HDF5Reader(Reader):
             return torch.empty(shape, dtype=dtype)
         if found.offset is not None:
             if self._storage is None:
-                # Copy-on-write mapping of the whole file: pages are read when touched, edits stay private.
-                self._storage = torch.UntypedStorage.from_file(str(self.path), shared=False, nbytes=self._size)
+                # Copy-on-write mapping of the whole file: pages are read when touched, edits stay private. The
+                # file HDF5 opened, not the name reopened: a writer may have replaced it since.
+                mapped = mmap.mmap(self._file.id.get_vfd_handle(), 0, access=mmap.ACCESS_COPY)
+                self._storage = torch.frombuffer(mapped, dtype=torch.uint8).untyped_storage()
             raw = torch.empty(0, dtype=torch.uint8).set_(self._storage, found.offset, (prod(shape) * bits.itemsize,))
             if dtype == torch.bool:
                 return (raw != 0).reshape(shape)  # a valid bool whatever the byte holds

@@ -104,7 +104,21 @@ class TorchReader(Reader):
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         try:
-            with open(self.path, "rb") as fh:
+            # Every step reads the file opened here, never the name again: a writer may replace it meanwhile
+            # (torch.load(mmap=True) opens a path twice: the zip, then the mapping).
+            self._fh = open(self.path, "rb")
+            self._source = f"/proc/self/fd/{self._fh.fileno()}" if os.path.isdir("/proc/self/fd") else str(path)
+        except OSError as e:
+            raise FormatError(f"{self.path}: cannot read: {e.strerror or e}") from e
+        try:
+            self._read_all()
+        except BaseException:
+            self._fh.close()
+            raise
+
+    def _read_all(self) -> None:
+        try:
+            with open(self._source, "rb") as fh:
                 magic = fh.read(4)
         except OSError as e:
             raise FormatError(f"{self.path}: cannot read: {e.strerror or e}") from e
@@ -136,9 +150,9 @@ class TorchReader(Reader):
 
     def _check_zip(self) -> None:
         """Bounds-check the archive's records before torch maps them."""
-        size = self.path.stat().st_size
+        size = os.stat(self._source).st_size
         try:
-            with zipfile.ZipFile(self.path) as archive:
+            with zipfile.ZipFile(self._source) as archive:
                 records = archive.infolist()
         except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
             raise FormatError(f"{self.path}: not a readable PyTorch checkpoint: corrupt or truncated zip archive "
@@ -151,9 +165,9 @@ class TorchReader(Reader):
     def _check_legacy(self) -> None:
         """Bound a legacy (pre-zip) file's storages by its size: torch allocates each storage at the size the
         pickle claims before reading its data, so a crafted 1 kB file could ask for terabytes."""
-        size = self.path.stat().st_size
+        size = os.stat(self._source).st_size
         try:
-            with open(self.path, "rb") as fh:
+            with open(self._source, "rb") as fh:
                 claimed = _legacy_storage_bytes(_Bounded(fh, size))
         except (ValueError, IndexError, EOFError, KeyError, TypeError, OverflowError) as e:
             raise FormatError(f"{self.path}: not a readable PyTorch checkpoint (neither a zip archive nor a legacy "
@@ -168,8 +182,8 @@ class TorchReader(Reader):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # torch's notes on legacy files and pickle protocols
                 if zipped:
-                    return torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
-                with open(self.path, "rb") as fh:  # the unpickler allocates a string's claimed length first
+                    return torch.load(self._source, map_location="cpu", weights_only=True, mmap=True)
+                with open(self._source, "rb") as fh:  # the unpickler allocates a string's claimed length first
                     return torch.load(_Bounded(fh, os.fstat(fh.fileno()).st_size), map_location="cpu",
                                       weights_only=True)
         except pickle.UnpicklingError as e:
@@ -254,6 +268,7 @@ class TorchReader(Reader):
 
     def close(self) -> None:
         self._tensors = {}
+        self._fh.close()
 
 
 class _Bounded:
