@@ -2,10 +2,11 @@
 
 paramio fsyncs every file before renaming it into place (a crash never leaves a torn checkpoint). Written
 first and synced at the end, the data would reach the disk only after the last byte is copied: the save
-would take the copy time plus the disk time. A background thread that asks the kernel every few
-milliseconds to start writing out what is dirty so far (``sync_file_range(SYNC_FILE_RANGE_WRITE)``, which
-does not wait for the disk) overlaps the two, so the final fsync only waits for the last few megabytes.
-Linux only; elsewhere this does nothing and the fsync does all the work, as before.
+would take the copy time plus the disk time. Asking the kernel, every few megabytes, to start writing out
+what is dirty so far (``sync_file_range(SYNC_FILE_RANGE_WRITE)``, which does not wait for the disk)
+overlaps the two, so the final fsync only waits for the tail. Linux only; elsewhere this does nothing and
+the fsync does all the work, as before. No thread: a thread would cost each process a malloc arena's
+worth of address space, which matters under RLIMIT_AS.
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 __all__ = ["Writeback"]
 
 _SYNC_FILE_RANGE_WRITE = 2
-_INTERVAL = 0.01
+#: Start a write-out after this many bytes were written since the last one.
+_STEP = 8 << 20
 
 
 def _sync_file_range() -> Any:
@@ -39,36 +40,29 @@ _FUNC = _sync_file_range()
 
 
 class Writeback:
-    """``start(path)`` keeps starting the write-out of ``path``'s dirty pages (once the file exists) until
-    ``stop()``; both are safe to call when the other was not."""
+    """Call :meth:`wrote` after each piece of data given to the writer of ``path``; :meth:`close` at the
+    end. The file is opened (read-only, for its page cache) on the first write-out."""
 
-    def __init__(self) -> None:
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._fd = -1
+        self._pending = 0
+        self._enabled = _FUNC is not None
 
-    def start(self, path: Path) -> None:
-        if _FUNC is None or self._thread is not None:
+    def wrote(self, nbytes: int) -> None:
+        self._pending += nbytes
+        if not self._enabled or self._pending < _STEP:
             return
-        self._thread = threading.Thread(target=self._run, args=(path,), name="paramio-writeback", daemon=True)
-        self._thread.start()
+        self._pending = 0
+        if self._fd < 0:
+            try:
+                self._fd = os.open(self._path, os.O_RDONLY)
+            except OSError:
+                return  # not created yet (some writers create their file at the end)
+        if _FUNC(self._fd, 0, 0, _SYNC_FILE_RANGE_WRITE) != 0:
+            self._enabled = False  # not supported here: the final fsync does all the work
 
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-            self._thread = None
-
-    def _run(self, path: Path) -> None:
-        fd = -1
-        try:
-            while not self._stop.wait(_INTERVAL):
-                if fd < 0:
-                    try:
-                        fd = os.open(path, os.O_RDONLY)
-                    except OSError:
-                        continue  # not created yet (some writers create their file at the end)
-                if _FUNC(fd, 0, 0, _SYNC_FILE_RANGE_WRITE) != 0:
-                    return  # not supported here: the final fsync does all the work
-        finally:
-            if fd >= 0:
-                os.close(fd)
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

@@ -81,12 +81,12 @@ def write_stream(fmt: type[Format], path: str | Path, manifest: Manifest,
     draft = manifest.model_copy(update={"tensors": tuple(_with_checksum(t, mark) for t in manifest.tensors)})
     sums: list[str | None] = []
     hasher = _Hasher(algorithm)
-    flusher = Writeback()
+    flusher: Writeback | None = None
     try:
         with staged() as staging:
             temp = staging.temp_for(path)
             writer = fmt.writer(temp, path, staging, draft, dict(options or {}))
-            flusher.start(temp)
+            flusher = Writeback(temp)
             try:
                 for entry, tensor in items:
                     expected = draft.tensors[len(sums)]
@@ -96,13 +96,13 @@ def write_stream(fmt: type[Format], path: str | Path, manifest: Manifest,
                     if data.shape != expected.shape:
                         raise FormatError(f"tensor `{entry.name}`: shape {tuple(data.shape)}, manifest says {expected.shape}")
                     sums.append(hasher.write(writer, expected, data))
+                    flusher.wrote(data.nbytes)
                     del data
                 if len(sums) != len(draft.tensors):
                     raise FormatError("internal error: fewer tensors given than the manifest lists")
                 final = draft.model_copy(update={"tensors": tuple(
                     _with_checksum(t, sum_) for t, sum_ in zip(draft.tensors, sums))})
                 writer.finish(final)
-                flusher.stop()
             except BaseException:
                 writer.abort()
                 raise
@@ -111,7 +111,8 @@ def write_stream(fmt: type[Format], path: str | Path, manifest: Manifest,
     except OSError as e:
         raise FormatError(f"{path}: cannot write: {e.strerror or e}") from e
     finally:
-        flusher.stop()
+        if flusher is not None:
+            flusher.close()
         hasher.close()
     return final
 
@@ -149,7 +150,7 @@ class _Hasher:
     checksum costs next to nothing; small ones are hashed in line, where a thread would cost more."""
 
     #: Below this many bytes a tensor is hashed in line.
-    THREAD_MIN = 1 << 20
+    THREAD_MIN = 4 << 20
 
     def __init__(self, algorithm: str | None) -> None:
         self._algorithm = algorithm
