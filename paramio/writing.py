@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 from ._gc import paused_gc
-from ._writeback import Writeback
 from .atomic import staged
 from .checkpoint import Checkpoint, collect, from_mapping
 from .checksum import digest, placeholder, resolve, tensor_bytes
@@ -81,12 +80,10 @@ def write_stream(fmt: type[Format], path: str | Path, manifest: Manifest,
     draft = manifest.model_copy(update={"tensors": tuple(_with_checksum(t, mark) for t in manifest.tensors)})
     sums: list[str | None] = []
     hasher = _Hasher(algorithm)
-    flusher: Writeback | None = None
     try:
         with staged() as staging:
             temp = staging.temp_for(path)
             writer = fmt.writer(temp, path, staging, draft, dict(options or {}))
-            flusher = Writeback(temp)
             try:
                 for entry, tensor in items:
                     expected = draft.tensors[len(sums)]
@@ -96,7 +93,6 @@ def write_stream(fmt: type[Format], path: str | Path, manifest: Manifest,
                     if data.shape != expected.shape:
                         raise FormatError(f"tensor `{entry.name}`: shape {tuple(data.shape)}, manifest says {expected.shape}")
                     sums.append(hasher.write(writer, expected, data))
-                    flusher.wrote(data.nbytes)
                     del data
                 if len(sums) != len(draft.tensors):
                     raise FormatError("internal error: fewer tensors given than the manifest lists")
@@ -111,8 +107,6 @@ def write_stream(fmt: type[Format], path: str | Path, manifest: Manifest,
     except OSError as e:
         raise FormatError(f"{path}: cannot write: {e.strerror or e}") from e
     finally:
-        if flusher is not None:
-            flusher.close()
         hasher.close()
     return final
 
