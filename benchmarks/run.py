@@ -135,13 +135,17 @@ def _interleave(jobs: Sequence[Job], runs: int, folder: Path, scale: str, result
 
 
 def _compare_jobs(case: str, formats: Sequence[str]) -> list[Job]:
+    """Stock and paramio side by side; then paramio's diagnostics (no fsync, no verification) and, for
+    ONNX, paramio with external data (the layout the stock path writes)."""
     jobs = []
     for f in formats:
         jobs += [Job(case, f, "stock", "save"), Job(case, f, "paramio", "save"),
                  Job(case, f, "stock", "load"), Job(case, f, "paramio", "load"),
-                 Job(case, f, "paramio", "load_noverify")]
+                 Job(case, f, "paramio", "load_noverify"), Job(case, f, "paramio", "save_nofsync")]
         if f == "torch":
             jobs.append(Job(case, f, "stock", "load_mmap"))
+        if f == "onnx":
+            jobs += [Job(case, f, "paramio-ext", "save"), Job(case, f, "paramio-ext", "load")]
     return jobs
 
 
@@ -209,11 +213,16 @@ def case_table(case: str, spec: cases.Spec, formats: Sequence[str], results: dic
             "paramio extra peak |\n|---|---|---|---|---|---|---|---|\n")
     rows = []
     for f in formats:
-        for label, p_action, s_action in (("save", "save", "save"), ("load (verified)", "load", "load"),
-                                           ("load verify=False", "load_noverify", "load")) + (
-                                          (("load vs torch.load(mmap=True)", "load", "load_mmap"),)
-                                          if f == "torch" else ()):
-            p = results.get(Job(case, f, "paramio", p_action))
+        variants = [("save", "paramio", "save", "save"), ("load (verified)", "paramio", "load", "load"),
+                    ("load verify=False", "paramio", "load_noverify", "load"),
+                    ("save, fsync skipped (diagnostic)", "paramio", "save_nofsync", "save")]
+        if f == "onnx":
+            variants += [("save, external data", "paramio-ext", "save", "save"),
+                         ("load (verified), external data", "paramio-ext", "load", "load")]
+        if f == "torch":
+            variants.append(("load vs torch.load(mmap=True)", "paramio", "load", "load_mmap"))
+        for label, p_side, p_action, s_action in variants:
+            p = results.get(Job(case, f, p_side, p_action))
             s = results.get(Job(case, f, "stock", s_action))
             if p is None and s is None:
                 continue
@@ -345,12 +354,14 @@ def main(argv: list[str] | None = None) -> int:
         for case in ("small", "gpt2"):
             if case not in specs:
                 continue
-            saves = [Job(case, f, side, "save") for f in formats for side in ("stock", "paramio")]
+            saves = [Job(case, f, side, "save") for f in formats
+                     for side in ("stock", "paramio") + (("paramio-ext",) if f == "onnx" else ())]
             _interleave(saves, 1, folder, scale, {}, f"{case} prepare")
             _interleave(_compare_jobs(case, formats), runs, folder, scale, results, case)
             for f in formats:  # keep paramio's gpt2 files for the meta phase
-                for p in folder.glob(f"{case}.stock{SUFFIX[f]}*"):
-                    p.unlink()
+                for side in ("stock", "paramio-ext"):
+                    for p in folder.glob(f"{case}.{side}{SUFFIX[f]}*"):
+                        p.unlink()
             if case == "small":
                 for p in folder.glob("small.*"):
                     p.unlink()

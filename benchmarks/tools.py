@@ -18,15 +18,10 @@ from typing import Any
 
 import torch
 
-__all__ = ["FORMATS", "SUFFIX", "ACTIONS", "path_for", "prepare", "touch"]
+__all__ = ["FORMATS", "SUFFIX", "path_for", "prepare", "touch", "remove_outputs"]
 
 FORMATS = ("safetensors", "hdf5", "onnx", "torch")
 SUFFIX = {"safetensors": ".safetensors", "hdf5": ".h5", "onnx": ".onnx", "torch": ".pt"}
-#: (side, action) pairs each format has; ``load_mmap`` is torch.load(mmap=True), for reference.
-ACTIONS = {
-    "stock": ("save", "load"),
-    "paramio": ("save", "load", "load_noverify"),
-}
 
 
 def path_for(folder: Path, case: str, fmt: str, side: str) -> Path:
@@ -34,14 +29,23 @@ def path_for(folder: Path, case: str, fmt: str, side: str) -> Path:
 
 
 def touch(tensors: Iterable[torch.Tensor]) -> float:
-    """Read every byte: sum each distinct tensor once (aliases are the same object)."""
+    """Read every byte: sum each distinct tensor once (aliases are the same object), on one thread.
+
+    One thread because torch's intra-op pool wakes its second thread for every mid-sized tensor, and on a
+    busy machine each wake-up can wait a scheduler tick: a 9 MB sum then took 16 ms instead of 1, which
+    would swamp what is being measured (the same for both tools, but as noise)."""
     seen: set[int] = set()
     total = 0.0
-    for t in tensors:
-        if id(t) in seen:
-            continue
-        seen.add(id(t))
-        total += float(t.sum())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for t in tensors:
+            if id(t) in seen:
+                continue
+            seen.add(id(t))
+            total += float(t.sum())
+    finally:
+        torch.set_num_threads(threads)
     return total
 
 
@@ -141,10 +145,22 @@ def _stock_torch_load(path: Path, mmap: bool = False) -> Callable[[], Any]:
 
 
 # -- paramio -------------------------------------------------------------------------------------------
-def _paramio_save(sd: Mapping[str, torch.Tensor], path: Path) -> Callable[[], Any]:
+def _paramio_save(sd: Mapping[str, torch.Tensor], path: Path, fsync: bool = True, **options: Any
+                  ) -> Callable[[], Any]:
     import paramio
 
-    return lambda: paramio.save(sd, path)
+    if fsync:
+        return lambda: paramio.save(sd, path, **options)
+
+    def run() -> None:  # a diagnostic: what the save costs without waiting for the disk
+        real = os.fsync
+        os.fsync = lambda fd: None
+        try:
+            paramio.save(sd, path, **options)
+        finally:
+            os.fsync = real
+
+    return run
 
 
 def _paramio_load(path: Path, verify: bool) -> Callable[[], Any]:
@@ -200,13 +216,14 @@ def prepare(side: str, action: str, fmt: str, path: Path, make_dict: Callable[[]
             return _STOCK_LOAD[fmt](path), True
         if action == "load_mmap" and fmt == "torch":
             return _stock_torch_load(path, mmap=True), True
-    elif side == "paramio":
+    elif side in ("paramio", "paramio-ext"):
         # Import the format's module now, so that its import is not timed (stock tools are imported too).
         from paramio.formats.registry import by_name
 
         by_name(fmt)
-        if action == "save":
-            return _paramio_save(make_dict(), path), False
+        options = {"external_data": True} if side == "paramio-ext" else {}
+        if action in ("save", "save_nofsync"):
+            return _paramio_save(make_dict(), path, fsync=action == "save", **options), False
         if action in ("load", "load_noverify"):
             return _paramio_load(path, verify=action == "load"), True
         if action == "read_manifest":

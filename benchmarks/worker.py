@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--case", required=True, choices=cases.CASES)
     ap.add_argument("--scale", default="full", choices=cases.SCALES)
     ap.add_argument("--format", required=True)
-    ap.add_argument("--side", required=True, choices=("stock", "paramio"))
+    ap.add_argument("--side", required=True, choices=("stock", "paramio", "paramio-ext"))
     ap.add_argument("--action", required=True)
     ap.add_argument("--dir", required=True, type=Path)
     ap.add_argument("--dst", type=Path, help="output of --action convert")
