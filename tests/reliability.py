@@ -44,6 +44,7 @@ def bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
         return False
     if a.numel() == 0:
         return True
-    flat_a = a.contiguous().reshape(-1).view(torch.uint8)
-    flat_b = b.contiguous().reshape(-1).view(torch.uint8)
+    # A fresh dense copy: .contiguous() keeps odd strides of size-1 dims, which view(uint8) refuses.
+    flat_a = a.clone(memory_format=torch.contiguous_format).reshape(-1).view(torch.uint8)
+    flat_b = b.clone(memory_format=torch.contiguous_format).reshape(-1).view(torch.uint8)
     return bool(torch.equal(flat_a, flat_b))

@@ -311,19 +311,20 @@ def test_readers_of_a_file_being_replaced_see_the_old_or_the_new_file_whole(tmp_
     versions = [{f"t{i}": torch.full((1 << 16,), float(v * 10 + i)) for i in range(4)} for v in range(2)]
     paramio.save(versions[0], path)
 
-    def rewrite() -> None:
-        for i in range(40):
-            paramio.save(versions[i % 2], path)
+    stop = tmp_path / "stop"
 
-    loads = 0
+    def rewrite() -> None:  # alternate the versions until the reader is done
+        deadline, i = time.monotonic() + 120, 0
+        while not stop.exists() and time.monotonic() < deadline:
+            paramio.save(versions[i % 2], path)
+            i += 1
+
     with child(rewrite) as pid:
-        while True:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                break
+        for n in range(20):
+            assert os.waitpid(pid, os.WNOHANG)[0] == 0, "the writer stopped before the reader was done"
             ck = paramio.load(path)  # never an error, never a mix
-            assert any(set(ck) == set(v) and all(bits_equal(ck[n], t) for n, t in v.items()) for v in versions), \
-                f"load {loads} saw a mix of versions"
-            loads += 1
+            assert any(set(ck) == set(v) and all(bits_equal(ck[k], t) for k, t in v.items()) for v in versions), \
+                f"load {n} saw a mix of versions"
+        stop.touch()
+        _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, "the writer failed"
-    assert loads >= 5
