@@ -530,7 +530,7 @@ def _mutate_hdf5(path: Path, case: Path, rng: random.Random) -> str:
             group["x"] = np.ones(2, dtype="f4")
         elif op == "many":
             group = root.create_group("many")
-            for i in range(rng.choice([200, 1000])):
+            for i in range(rng.choice([100, 400])):
                 group.create_dataset(f"t{i}", data=np.zeros(1, dtype="u1"))
         elif op == "delete" and datasets:
             del root[name]

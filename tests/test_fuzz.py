@@ -43,7 +43,7 @@ SECRET = b"SECRET"
 
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory: pytest.TempPathFactory):
-    workers = WorkerPool(2, timeout=60, formats=FORMATS, log_dir=tmp_path_factory.mktemp("fuzz-logs"))
+    workers = WorkerPool(2, timeout=120, formats=FORMATS, log_dir=tmp_path_factory.mktemp("fuzz-logs"))
     yield workers
     workers.close()
 
