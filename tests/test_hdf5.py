@@ -63,8 +63,8 @@ def test_bfloat16_and_float8_are_raw_bits_with_a_dtype_attribute(tmp_path: Path)
     tensors = {"bf16": values.bfloat16(), "e4m3": values.to(torch.float8_e4m3fn), "e5m2": values.to(torch.float8_e5m2)}
     paramio.save(tensors, path)
     with h5py.File(path, "r") as f:
-        assert f["tensors/bf16"].dtype == np.uint16 and f["tensors/bf16"].attrs["dtype"] == "bfloat16"
-        assert f["tensors/e4m3"].dtype == np.uint8 and f["tensors/e4m3"].attrs["dtype"] == "float8_e4m3fn"
+        assert f["tensors/bf16"].dtype == np.uint16 and f["tensors/bf16"].attrs["dtype"] == b"bfloat16"
+        assert f["tensors/e4m3"].dtype == np.uint8 and f["tensors/e4m3"].attrs["dtype"] == b"float8_e4m3fn"
         assert np.array_equal(f["tensors/bf16"][()], tensors["bf16"].view(torch.uint16).numpy())
     ck = paramio.load(path)
     assert all(same(ck[name], t) for name, t in tensors.items())
@@ -283,7 +283,7 @@ def _external_storage(g, d):  # noqa: ANN001, ANN202
     (lambda g, d: g.create_dataset("x", shape=(2**40,), dtype="f4", chunks=(1024,)), "refusing to allocate"),
     (lambda g, d: g.__setitem__("x", h5py.SoftLink("/nowhere")), "points to nothing"),
     (lambda g, d: g.__setitem__("loop", g), "linked twice"),
-    (lambda g, d: g.create_dataset("x", data=np.zeros(2, np.uint16)).attrs.__setitem__("dtype", "float128"),
+    (lambda g, d: g.create_dataset("x", data=np.zeros(2, np.uint16)).attrs.__setitem__("dtype", np.bytes_(b"float128")),
      "does not fit"),
 ], ids=["external-link", "virtual", "external-storage", "bytes", "vlen-string", "compound", "null", "huge-chunked",
         "dangling-soft-link", "group-cycle", "bad-dtype-attribute"])
@@ -300,6 +300,19 @@ def test_raw_bits_dtype_attribute_must_match_the_width(tmp_path: Path) -> None:
     path = tmp_path / "wrong.h5"
     with h5py.File(path, "w") as f:
         f["tensors/x"] = np.zeros(3, dtype=np.uint8)
-        f["tensors/x"].attrs["dtype"] = "bfloat16"  # bfloat16 needs 16 bits
+        f["tensors/x"].attrs["dtype"] = np.bytes_(b"bfloat16")  # bfloat16 needs 16 bits
     with pytest.raises(FormatError, match="float8_e4m3fn, float8_e5m2"):
         paramio.load(path)
+
+
+def test_variable_length_text_attributes_are_refused_unread(tmp_path: Path) -> None:
+    """A variable-length string lives in HDF5's global heap; a corrupt heap hangs HDF5's reader (found by
+    fuzzing), so paramio writes fixed-length strings and reads no other kind."""
+    path = tmp_path / "vlen.h5"
+    paramio.save({"x": torch.ones(2)}, path)
+    with h5py.File(path, "r+") as f:
+        text = f.attrs["paramio.manifest"].decode()
+        del f.attrs["paramio.manifest"]
+        f.attrs["paramio.manifest"] = text  # h5py stores a str as a variable-length string
+    with pytest.raises(FormatError, match="not a fixed-length string"):
+        paramio.read_manifest(path)

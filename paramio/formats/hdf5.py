@@ -67,6 +67,13 @@ _COMPRESSIONS = ("gzip", "lzf")
 _MAX_EXPANSION = 1032
 
 
+def _write_text_attr(attrs: h5py.AttributeManager, key: str, text: str) -> None:
+    """Store text as a fixed-length UTF-8 string attribute (inline, not in the global heap; h5py users read it
+    as bytes). See ``HDF5Reader._text_attr`` for why variable-length strings are avoided."""
+    data = text.encode("utf-8")
+    attrs.create(key, np.bytes_(data), dtype=h5py.string_dtype("utf-8", max(len(data), 1)))
+
+
 def _storage_dtype(name: str) -> np.dtype:
     """The numpy dtype a manifest dtype is stored as in HDF5."""
     return _RAW_BITS[name] if name in _RAW_BITS else _NUMPY[name]
@@ -168,7 +175,7 @@ class HDF5Writer(Writer):
             if array.size:
                 dsid.write(h5s.ALL, h5s.ALL, array)
         if entry.dtype in _RAW_BITS:
-            h5py.Dataset(dsid).attrs[DTYPE_ATTR] = entry.dtype
+            _write_text_attr(h5py.Dataset(dsid).attrs, DTYPE_ATTR, entry.dtype)
         self._written.add(entry.name)
 
     def finish(self, manifest: Manifest) -> None:
@@ -180,7 +187,7 @@ class HDF5Writer(Writer):
                 parent, _, leaf = _path(alias).rpartition("/")
                 self._group(parent).links.create_hard(leaf.encode(), root, _path(group.canonical).encode(),
                                                       lcpl=self._lcpl)
-        self._file.attrs[MANIFEST_KEY] = manifest.to_json()
+        _write_text_attr(self._file.attrs, MANIFEST_KEY, manifest.to_json())
         self._file.flush()
         self._file.close()
 
@@ -236,10 +243,20 @@ class HDF5Reader(Reader):
     def _fail(self, problem: str) -> FormatError:
         return FormatError(f"{self.path}: {problem}")
 
+    def _text_attr(self, attrs: h5py.AttributeManager, key: str, where: str) -> object:
+        """A text attribute, read only when it is a fixed-length string: a variable-length one lives in the
+        file's global heap, and a corrupt global heap sends HDF5's reader into an endless loop (found by
+        fuzzing: H5HG__cache_heap_deserialize never returns), which no Python-side check can interrupt."""
+        kind = h5a.open(attrs._id, key.encode()).get_type()
+        if not isinstance(kind, h5t.TypeStringID) or kind.is_variable_str():
+            raise self._fail(f"{where} attribute `{key}` is not a fixed-length string (paramio writes it as one; "
+                             "variable-length strings are refused because a corrupt heap can hang HDF5)")
+        return attrs[key]
+
     def _read_manifest(self) -> str | None:
         if not h5a.exists(self._file.id, MANIFEST_KEY.encode()):
             return None
-        value = self._file.attrs[MANIFEST_KEY]
+        value = self._text_attr(self._file.attrs, MANIFEST_KEY, "root")
         if isinstance(value, bytes):
             try:
                 return value.decode("utf-8")
@@ -374,7 +391,7 @@ class HDF5Reader(Reader):
         return _Dataset(dtype, shape, group, leaf, None)
 
     def _raw_bits_dtype(self, name: str, dsid: h5d.DatasetID, bits: str) -> str:
-        value = h5py.Dataset(dsid).attrs[DTYPE_ATTR]
+        value = self._text_attr(h5py.Dataset(dsid).attrs, DTYPE_ATTR, f"dataset `{name}`:")
         if isinstance(value, bytes):
             value = value.decode("utf-8", "replace")
         fits = [k for k, v in _RAW_BITS.items() if v == _NUMPY[bits]]
