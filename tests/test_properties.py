@@ -214,8 +214,9 @@ def test_a_flipped_bit_in_any_tensor_is_caught_and_named(tmp_path_factory: pytes
         count = data.draw(st.integers(1, 4))
         sizes = st.tuples(st.integers(2, 5), st.integers(4, 6))  # at least 8 bytes each
         named = {f"t{i}.w": data.draw(tensors(dtypes, data.draw(sizes))) for i in range(count)}
-        for i, t in enumerate(named.values()):  # distinct leading bytes, so each tensor's bytes are found once
-            t.view(-1).view(torch.uint8)[:1] = 0xA0 + i
+        for i, t in enumerate(named.values()):  # a distinct 8-byte marker first: each tensor's bytes lie once
+            t.view(-1).view(torch.uint8)[:8] = torch.tensor([0xA5, 0x5A, i, 0xC3, 0x3C, 0x96, 0x69, 0xF0],
+                                                            dtype=torch.uint8)
         path = tmp_path_factory.mktemp(fmt) / f"m{SUFFIX[fmt]}"
         paramio.save(named, path)
         victim = data.draw(st.sampled_from(sorted(named)))
