@@ -16,7 +16,7 @@ import os
 import re
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 __all__ = ["Staging", "staged", "remove_stale"]
@@ -58,6 +58,7 @@ class Staging:
 
     def __init__(self) -> None:
         self._pending: list[tuple[Path, Path]] = []
+        self._after: list[Callable[[], None]] = []
 
     def temp_for(self, final: Path) -> Path:
         final = Path(final)
@@ -65,6 +66,17 @@ class Staging:
         temp = final.with_name(f".{final.name}.{_HOST}-{os.getpid()}-{uuid.uuid4().hex}.partial")
         self._pending.append((temp, final))
         return temp
+
+    def retarget(self, temp: Path, final: Path) -> None:
+        """Commit ``temp`` under ``final`` instead: for a name known only once the file is written (ONNX
+        names its external data by content). The temporary keeps its name, so :func:`remove_stale` of the
+        first target still finds it after a kill."""
+        self._pending = [(t, Path(final) if t == temp else f) for t, f in self._pending]
+
+    def after_commit(self, action: Callable[[], None]) -> None:
+        """Run ``action`` once the files are renamed and the folders fsynced (e.g. removing files the new
+        version no longer uses); best effort: an OSError it raises is ignored, the write stands."""
+        self._after.append(action)
 
     def commit(self) -> None:
         """fsync each file, rename in order (the main file last), then fsync the folders."""
@@ -85,12 +97,17 @@ class Staging:
                 finally:
                     os.close(fd)
         self._pending.clear()
+        after, self._after = self._after, []
+        for action in after:
+            with contextlib.suppress(OSError):
+                action()
 
     def rollback(self) -> None:
         for temp, _ in self._pending:
             with contextlib.suppress(OSError):
                 temp.unlink()
         self._pending.clear()
+        self._after.clear()
 
 
 @contextlib.contextmanager

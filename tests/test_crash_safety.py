@@ -144,14 +144,8 @@ POINTS = ["first-tensor", "half", "finish", "fsync", "rename", "renamed"]
 CASES = [pytest.param(fmt, {}, point, id=f"{fmt}-{point}") for fmt in FORMATS for point in POINTS]
 if "onnx" in FORMATS:
     external = {"external_data": True}
-    CASES += [pytest.param("onnx", external, point, id=f"onnx-external-{point}") for point in POINTS]
-    CASES.append(pytest.param(
-        "onnx", external, "second-rename", id="onnx-external-second-rename", marks=pytest.mark.xfail(
-            strict=True, reason="paramio/formats/onnx.py: the external data file keeps one name (<model>.data), "
-            "so commit renames the new data over the old before it renames the model: a kill between the two "
-            "renames leaves the old model with the new data (checksum errors), and a reader of the old model "
-            "may open the new data. Fix: a data file name unique to its content or write, the model rename "
-            "as the one commit point, old data files removed after it.")))
+    CASES += [pytest.param("onnx", external, point, id=f"onnx-external-{point}")
+              for point in [*POINTS, "second-rename"]]
 
 
 @pytest.mark.parametrize("fmt, options, point", CASES)
@@ -259,10 +253,7 @@ def test_data_is_fsynced_before_the_rename_and_the_folder_after(tmp_path: Path, 
 
 #: Readers that open the file by name twice (the header, then a mapping for the data), so a replace in between
 #: gives them the old header with the new data.
-_REOPEN = {
-    "onnx": "paramio/formats/onnx.py: read() maps the file with UntypedStorage.from_file(str(path)) after the "
-            "fields were walked at open",
-}
+_REOPEN: dict[str, str] = {}
 _FIX = ("; a write that replaced the file in between gives the old manifest the new data (checksum mismatch). "
         "Fix: map the file descriptor opened first (mmap.mmap(fd, 0, ACCESS_COPY) and torch.frombuffer, as "
         "safetensors.py does; for torch.load, the path /proc/self/fd/<fd> where it exists).")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -293,14 +294,16 @@ def test_external_data_forced_on_a_small_model(tmp_path: Path) -> None:
     model = tiny_lm()
     path = tmp_path / "lm.onnx"
     paramio.save(model, path, example_inputs=(torch.zeros(2, 8, dtype=torch.long),), external_data=True)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["lm.onnx", "lm.onnx.data"]
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert len(names) == 2 and names[0] == "lm.onnx" and re.fullmatch(r"lm\.onnx\.[0-9a-f]{16}\.data", names[1])
+    data = names[1]
 
     proto = onnx.load(path, load_external_data=False)
     for t in proto.graph.initializer:
         info = {e.key: e.value for e in t.external_data}
-        assert t.data_location == TensorProto.EXTERNAL and info["location"] == "lm.onnx.data", t.name
+        assert t.data_location == TensorProto.EXTERNAL and info["location"] == data, t.name
         assert int(info["offset"]) % 64 == 0
-    assert (tmp_path / "lm.onnx.data").stat().st_size >= unique_bytes(model)
+    assert (tmp_path / data).stat().st_size >= unique_bytes(model)
     onnx.checker.check_model(str(path), full_check=True)
 
     tokens = torch.randint(0, 32, (2, 8))
@@ -311,9 +314,34 @@ def test_external_data_forced_on_a_small_model(tmp_path: Path) -> None:
     # the pair moves together: locations are relative to the model
     moved = tmp_path / "moved"
     moved.mkdir()
-    for p in ("lm.onnx", "lm.onnx.data"):
+    for p in ("lm.onnx", data):
         (tmp_path / p).rename(moved / p)
     assert same(paramio.load(moved / "lm.onnx")["embed.weight"], model.embed.weight.detach())
+
+
+@pytest.mark.parametrize("checksum", ["default", None])
+def test_external_data_is_named_by_content_and_the_previous_one_removed(tmp_path: Path, checksum: str | None) -> None:
+    path = tmp_path / "m.onnx"
+    v1, v2 = {"w": torch.zeros(100)}, {"w": torch.ones(100)}
+
+    def files() -> list[str]:
+        return sorted(p.name for p in tmp_path.iterdir())
+
+    paramio.save(v1, path, external_data=True, checksum=checksum)
+    first = files()
+    paramio.save(v1, path, external_data=True, checksum=checksum)
+    assert files() == first  # same input, same name (and bytes)
+    (tmp_path / "m.onnx.0123456789abcdef.data.bak").write_bytes(b"not paramio's")
+    (tmp_path / "other.onnx.0123456789abcdef.data").write_bytes(b"another model's")
+    paramio.save(v2, path, external_data=True, checksum=checksum)
+    second = [n for n in files() if n.startswith("m.onnx.") and n.endswith(".data")]
+    assert len(second) == 1 and second[0] not in first  # new content, new name; the old one is gone
+    assert (tmp_path / "m.onnx.0123456789abcdef.data.bak").exists()
+    assert (tmp_path / "other.onnx.0123456789abcdef.data").exists()
+    assert same(paramio.load(path)["w"], v2["w"])
+    paramio.save(v1, path)  # inline again: no data file left
+    assert not [n for n in files() if n.startswith("m.onnx.") and n.endswith(".data")]
+    assert same(paramio.load(path)["w"], v1["w"])
 
 
 def test_external_data_is_chosen_automatically_over_the_protobuf_limit(tmp_path: Path,
@@ -322,7 +350,7 @@ def test_external_data_is_chosen_automatically_over_the_protobuf_limit(tmp_path:
     big = {"a": torch.randn(1000), "b": torch.arange(10)}
     path = tmp_path / "big.onnx"
     paramio.save(big, path)
-    assert (tmp_path / "big.onnx.data").exists()
+    assert [p.name for p in tmp_path.glob("big.onnx.*.data")]
     assert all(same(paramio.load(path)[k], v) for k, v in big.items())
     outputs = session(path).run(None, {})
     assert np.array_equal(outputs[0], big["a"].numpy())
@@ -594,3 +622,18 @@ def test_every_truncation_of_a_graph_file_is_a_format_error(tmp_path: Path) -> N
         with pytest.raises(FormatError):
             paramio.load(bad)
     os.remove(bad)
+
+
+def test_a_reader_keeps_the_external_data_it_opened_when_a_save_replaces_and_removes_it(tmp_path: Path) -> None:
+    from paramio.reading import manifest_of, open_file, read_verified
+
+    path = tmp_path / "m.onnx"
+    old, new = {"w": torch.zeros(1 << 19), "b": torch.zeros(7)}, {"w": torch.ones(1 << 19), "b": torch.ones(7)}
+    paramio.save(old, path, external_data=True)
+    with open_file(path) as reader:
+        manifest = manifest_of(reader)
+        paramio.save(new, path, external_data=True)  # a new data file; the old one is removed
+        assert len(list(tmp_path.glob("m.onnx.*.data"))) == 1
+        read = {e.name: read_verified(reader, e, True) for e in manifest.tensors}
+    assert all(same(read[k], v) for k, v in old.items())
+    assert all(same(paramio.load(path)[k], v) for k, v in new.items())

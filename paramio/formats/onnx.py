@@ -16,16 +16,29 @@ where each tensor's bytes lie, then maps them lazily (no copy); only the small n
 by protobuf.
 
 Models over the 2 GB protobuf limit use ONNX external data automatically (``external_data=True`` forces
-it): one data file ``<model>.data`` beside the model, offsets aligned, written under a temporary name that
-is renamed together with the model, with the final name recorded in each ``location``.
+it): one data file beside the model, offsets aligned, named ``<model>.<16 hex digits>.data`` (e.g.
+``lm.onnx.3f09c2a17b5e84d0.data``) after its content: a hash of the final manifest, whose checksums cover
+every byte, or with ``checksum=None`` an xxh3-64 of the data and its offsets. The same input gives the same
+name (and bytes); another content, another name, so a save never renames new data over the name the
+current model reads: the data file is renamed first, under its new name, and the model rename is the one
+commit point. A write killed between the two leaves the old model with its old data. After the commit the
+data file of the previous version is removed if the new model does not use it (only a name of this form
+for this model, nothing else). The name goes into each tensor's ``location`` at ``finish`` (the records
+are written with a placeholder of the same length, then patched).
+
+The reader opens the model file, and each external data file once its location is checked, when it is
+opened, and maps from those descriptors only: a file replaced by name afterwards (a concurrent save) does
+not mix into what it reads.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import mmap
 import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from math import prod
@@ -35,6 +48,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import onnx
 import torch
+import xxhash
 from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper
 
@@ -63,6 +77,20 @@ CONTAINER_IR_VERSION = 10
 #: be memory-mapped on any platform (onnx's own save_model uses the same 64 KiB granularity).
 _ALIGN, _ALIGN_LARGE, _LARGE = 64, 65536, 1 << 20
 _MAX_RANK = 64
+#: Tensors of at least this many bytes are mapped on their own (and unmapped when freed), as safetensors.py.
+_OWN_MAP = 1 << 20
+#: Hex digits of the content hash in an external data file's name.
+_KEY_HEX = 16
+
+
+def _data_name(model: str, key: str) -> str:
+    """The external data file name of model file ``model`` for content hash ``key``."""
+    return f"{model}.{key}.data"
+
+
+def _data_pattern(model: str) -> re.Pattern[str]:
+    """paramio's own external data file names for ``model``: the only files a save ever removes."""
+    return re.compile(rf"{re.escape(model)}\.[0-9a-f]{{{_KEY_HEX}}}\.data")
 
 # manifest dtype name <-> TensorProto.DataType
 _CODES: dict[str, int] = {
@@ -167,6 +195,7 @@ class _Slot:
     prefix: bytes
     nbytes: int
     offset: int | None
+    location_at: int | None = None  # where the data file's name starts in ``prefix`` (patched in finish)
 
     @property
     def size(self) -> int:
@@ -203,7 +232,10 @@ class ONNXWriter(Writer):
         )
 
         choice = options.get("external_data")
-        self._data_final = final.with_name(final.name + ".data")
+        # Temporaries are named after this fixed name, so that remove_stale finds those of killed writes;
+        # the data file's real name (its content hash) is known in finish(), see the module docstring.
+        self._data_staged = final.with_name(final.name + ".data")
+        self._placeholder = _data_name(final.name, "0" * _KEY_HEX)
         self._plan(external=False)
         if choice is True or (choice is None and self._model_size(draft) > PROTOBUF_LIMIT):
             self._plan(external=True)
@@ -213,11 +245,17 @@ class ONNXWriter(Writer):
         self._external = any(s.offset is not None for s in self._slots)
 
         self._index = 0
+        self._locations: list[int] = []  # file positions of the placeholder names
+        # Without checksums the manifest does not tell contents apart: hash the data as it is written.
+        self._hash = None if all(t.checksum for t in draft.tensors) else xxhash.xxh3_64()
+        self._previous = _data_files(final) or set()
         self._data: BinaryIO | None = None
+        self._data_temp: Path | None = None
         self._file: BinaryIO = open(temp, "wb")
         try:
             if self._external:
-                self._data = open(staging.temp_for(self._data_final), "wb")
+                self._data_temp = staging.temp_for(self._data_staged)
+                self._data = open(self._data_temp, "wb")
             self._file.write(self._model_head)
             self._file.write(b"\x3a" + _fixed_varint(self._graph_size(), self._length_size))  # field 7, LEN
             self._file.write(self._graph_head)
@@ -239,11 +277,13 @@ class ONNXWriter(Writer):
             if nbytes:
                 offset += -offset % (_ALIGN_LARGE if nbytes >= _LARGE else _ALIGN)
                 tensor.data_location = TensorProto.EXTERNAL
-                for key, value in (("location", self._data_final.name), ("offset", str(offset)),
+                for key, value in (("location", self._placeholder), ("offset", str(offset)),
                                    ("length", str(nbytes))):
                     tensor.external_data.add(key=key, value=value)
                 body = tensor.SerializeToString(deterministic=True)
-                slots.append(_Slot(entry.name, field_header(5, len(body)) + body, nbytes, offset))
+                prefix = field_header(5, len(body)) + body
+                # the last occurrence: only digits and keys follow the location's value
+                slots.append(_Slot(entry.name, prefix, nbytes, offset, prefix.rfind(self._placeholder.encode())))
                 offset += nbytes
             else:
                 slots.append(_Slot(entry.name, _inline_prefix(entry, 0, 0, 1), 0, None))
@@ -300,6 +340,8 @@ class ONNXWriter(Writer):
         data = _as_bytes(tensor)
         if data.nbytes != slot.nbytes:
             raise FormatError(f"tensor `{entry.name}`: {data.nbytes} bytes given, {slot.nbytes} expected")
+        if slot.location_at is not None:
+            self._locations.append(self._file.tell() + slot.location_at)
         self._file.write(slot.prefix)
         if slot.offset is None:
             self._file.write(data)
@@ -309,6 +351,9 @@ class ONNXWriter(Writer):
             if pad:
                 self._data.write(b"\0" * pad)
             self._data.write(data)
+            if self._hash is not None:
+                self._hash.update(slot.offset.to_bytes(8, "little"))
+                self._hash.update(data)
 
     def finish(self, manifest: Manifest) -> None:
         if self._index != len(self._slots):
@@ -318,16 +363,50 @@ class ONNXWriter(Writer):
         if self._file.tell() - self._graph_start != self._graph_size() - len(self._graph_head):
             raise FormatError("internal error: the ONNX graph came out a different size than planned")
         self._file.write(self._model_tail(manifest))
+        if self._data_temp is not None:
+            key = (self._hash.hexdigest() if self._hash is not None
+                   else hashlib.blake2b(manifest.to_json().encode(), digest_size=_KEY_HEX // 2).hexdigest())
+            name = _data_name(self.final.name, key)
+            for at in self._locations:
+                self._file.seek(at)
+                self._file.write(name.encode())
+            self.staging.retarget(self._data_temp, self.final.with_name(name))
         for fh in (self._file, self._data):
             if fh is not None:
                 fh.flush()
                 os.fsync(fh.fileno())
                 fh.close()
+        if self._previous:
+            self.staging.after_commit(lambda: _remove_unused(self.final, self._previous))
 
     def abort(self) -> None:
         for fh in (self._file, self._data):
             if fh is not None:
                 fh.close()
+
+
+def _data_files(model: Path) -> set[Path] | None:
+    """The external data files (resolved) that the ONNX model at ``model`` reads: empty for no file, None
+    for a file that does not read (a save then removes nothing)."""
+    if not model.is_file():
+        return set()
+    try:
+        with ONNXReader(model) as reader:
+            return {init.external[0] for init in reader._inits.values() if init.external is not None}
+    except Exception:  # noqa: BLE001 - best effort: whatever file the previous save left, or a foreign one
+        return None
+
+
+def _remove_unused(model: Path, previous: set[Path]) -> None:
+    """After a save of ``model``: remove the data files the previous version used that the model now there
+    (this save's, or a concurrent one's) does not, if they bear paramio's name for this model."""
+    current = _data_files(model)
+    if current is None:
+        return
+    folder, pattern = model.parent.resolve(), _data_pattern(model.name)
+    for file in previous - current:
+        if file.parent == folder and pattern.fullmatch(file.name):
+            file.unlink(missing_ok=True)
 
 
 # -- reading -------------------------------------------------------------------------------------------------
@@ -416,21 +495,61 @@ def _typed_count(proto: TensorProto, dtype: str) -> int:
     return len(proto.int32_data)
 
 
+class _Source:
+    """A file opened once (the model, or an external data file), mapped from its descriptor on demand: the
+    name is never opened again, so a file replaced meanwhile does not mix into what is read."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd, self.size = fd, size
+        self._storage: torch.UntypedStorage | None = None
+
+    def tensor(self, start: int, nbytes: int, dtype: torch.dtype, itemsize: int) -> torch.Tensor:
+        """``nbytes`` bytes at ``start`` as a flat tensor of ``dtype``: mapped copy-on-write (pages are read
+        when touched, edits stay private); an aligned copy where ``start`` is not aligned for ``dtype``."""
+        if nbytes >= _OWN_MAP and not start % itemsize:
+            # A large tensor gets a mapping of its own, unmapped when the tensor is freed: streaming through
+            # a file (convert) then keeps one tensor's pages resident, not every page it has touched.
+            skip = start % mmap.ALLOCATIONGRANULARITY
+            own = mmap.mmap(self.fd, skip + nbytes, access=mmap.ACCESS_COPY, offset=start - skip)
+            return torch.frombuffer(own, dtype=dtype, offset=skip, count=nbytes // itemsize)
+        if self._storage is None:
+            whole = mmap.mmap(self.fd, 0, access=mmap.ACCESS_COPY)
+            self._storage = torch.frombuffer(whole, dtype=torch.uint8).untyped_storage()
+        data = torch.empty(0, dtype=torch.uint8).set_(self._storage, start, (nbytes,))
+        if start % itemsize:
+            data = data.clone()  # protobuf places bytes anywhere: an aligned copy for this dtype
+        return data.view(dtype)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
 class ONNXReader(Reader):
-    """Walks the file's fields once (no tensor data read), then maps each tensor's bytes on demand."""
+    """Walks the file's fields once (no tensor data read), then maps each tensor's bytes on demand from the
+    files opened here (the model and its external data files)."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         self._folder = self.path.parent.resolve()
-        self._maps: dict[Path, torch.UntypedStorage] = {}
+        self._sources: dict[Path, _Source] = {}
         self._inits: dict[str, _Initializer] = {}
         self._graph_seen = False
         self._graph_notes = bytearray()  # value_info and metadata_props of the graph: the exporter's notes
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self) -> None:
         try:
             with open(self.path, "rb") as fh:
                 self._size = os.fstat(fh.fileno()).st_size
                 if self._size == 0:
                     raise self._fail("empty file (0 bytes)")
+                self._sources[self.path] = _Source(os.dup(fh.fileno()), self._size)
                 with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
                     rest = self._scan(buf)
         except OSError as e:
@@ -529,11 +648,29 @@ class ONNXReader(Reader):
             length = int(info.get("length", str(nbytes)))
         except ValueError as e:
             raise FormatError(f"{self.path}: {where} offset/length are not integers") from e
-        size = target.stat().st_size
+        size = self._data_source(target, where, location).size
         if offset < 0 or length != nbytes or offset + length > size:
             raise FormatError(f"{self.path}: {where} range [{offset}, {offset + length}) of {location!r} "
                               f"({size} bytes) does not hold the {nbytes} bytes the tensor needs (truncated?)")
         return target, offset, length
+
+    def _data_source(self, target: Path, where: str, location: str) -> _Source:
+        """The data file ``target`` (inside the folder, checked), opened once; its size is that of the file
+        opened, which is the one read later."""
+        source = self._sources.get(target)
+        if source is None:
+            # no symlink swapped in since the check; no blocking on a FIFO swapped in either
+            flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+            try:
+                fd = os.open(target, flags)
+            except OSError as e:
+                raise FormatError(f"{self.path}: {where} file {location!r} cannot be opened: "
+                                  f"{e.strerror or e}") from e
+            info = os.fstat(fd)
+            source = self._sources[target] = _Source(fd, info.st_size)
+            if not stat.S_ISREG(info.st_mode):
+                raise FormatError(f"{self.path}: {where} {location!r} is not a regular file")
+        return source
 
     # -- the protocol -----------------------------------------------------------------------------------
     def _describe(self) -> tuple[FileContents, dict[str, _Initializer]]:
@@ -595,15 +732,6 @@ class ONNXReader(Reader):
         state-dict names back."""
         return self._contents
 
-    def _mapped(self, file: Path) -> torch.UntypedStorage:
-        storage = self._maps.get(file)
-        if storage is None:
-            # Copy-on-write mapping: pages are read when touched, edits stay private.
-            size = self._size if file == self.path else file.stat().st_size
-            storage = torch.UntypedStorage.from_file(str(file), shared=False, nbytes=size)
-            self._maps[file] = storage
-        return storage
-
     def read(self, name: str) -> torch.Tensor:
         init = self._by_name.get(name)
         if init is None:
@@ -612,21 +740,23 @@ class ONNXReader(Reader):
         if init.typed is not None:
             return torch.from_numpy(_typed_array(init.typed, init.dtype)).view(dtype).reshape(init.shape)
         if init.raw is not None:
-            storage, (start, end) = self._mapped(self.path), init.raw
+            file, (start, end) = self.path, init.raw
         elif init.external is not None:
             file, start, length = init.external
-            storage, end = self._mapped(file), start + length
+            end = start + length
         else:
-            start = end = 0
+            file, start, end = self.path, 0, 0
         if end == start:
             return torch.empty(init.shape, dtype=dtype)
-        data = torch.empty(0, dtype=torch.uint8).set_(storage, start, (end - start,))
-        if start % _ITEMSIZE[init.dtype]:
-            data = data.clone()  # protobuf places bytes anywhere: an aligned copy for this dtype
-        return data.view(dtype).reshape(init.shape)
+        source = self._sources.get(file)
+        if source is None or source.fd < 0:
+            raise FormatError(f"{self.path}: read after close")
+        return source.tensor(start, end - start, dtype, _ITEMSIZE[init.dtype]).reshape(init.shape)
 
     def close(self) -> None:
-        self._maps.clear()
+        for source in self._sources.values():
+            source.close()
+        self._sources.clear()
 
 
 class ONNXFormat(Format):
