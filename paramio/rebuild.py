@@ -7,7 +7,6 @@ model is touched, so a refused load leaves the model as it was.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 

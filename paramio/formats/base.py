@@ -33,7 +33,13 @@ import torch
 from ..atomic import Staging
 from ..manifest import Manifest, TensorEntry
 
-__all__ = ["StoredTensor", "FileContents", "Reader", "Writer", "Format"]
+__all__ = ["MANIFEST_KEY", "SKIPPED_KEY", "StoredTensor", "FileContents", "Reader", "Writer", "Format"]
+
+#: Where every format keeps the paramio manifest (a metadata key, an attribute, a metadata_props entry).
+MANIFEST_KEY = "paramio.manifest"
+#: The metadata key under which readers list what a file held but paramio could not take (non-tensor leaves
+#: of a training checkpoint, ONNX initializers of types without a torch dtype), as JSON.
+SKIPPED_KEY = "paramio.skipped"
 
 
 @dataclass(frozen=True)

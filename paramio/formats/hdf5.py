@@ -37,11 +37,10 @@ from ..atomic import Staging
 from ..dtypes import torch_dtype
 from ..errors import FormatError
 from ..manifest import GRAD_PREFIX, Manifest, TensorEntry
-from .base import FileContents, Format, Reader, StoredTensor, Writer
+from .base import MANIFEST_KEY, FileContents, Format, Reader, StoredTensor, Writer
 
 __all__ = ["HDF5Format", "MANIFEST_KEY", "DTYPE_ATTR", "TENSORS", "GRADS"]
 
-MANIFEST_KEY = "paramio.manifest"
 #: Attribute naming the torch dtype of a dataset that holds raw bits (bfloat16, float8).
 DTYPE_ATTR = "dtype"
 TENSORS = "tensors"

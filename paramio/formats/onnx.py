@@ -58,16 +58,12 @@ from ..dtypes import torch_dtype
 from ..errors import FormatError
 from ..manifest import Manifest, TensorEntry
 from ._protowire import LEN, field_header, fields, varint
-from .base import FileContents, Format, Reader, StoredTensor, Writer
+from .base import MANIFEST_KEY, SKIPPED_KEY, FileContents, Format, Reader, StoredTensor, Writer
 
 __all__ = ["ONNXFormat", "ONNXReader", "ONNXWriter", "MANIFEST_KEY", "CONSTANTS_KEY", "SKIPPED_KEY", "PROTOBUF_LIMIT"]
 
-MANIFEST_KEY = "paramio.manifest"
 #: Names of initializers that are graph constants of the exporter, not parameters (JSON list).
 CONSTANTS_KEY = "paramio.onnx.constants"
-#: Metadata key listing (a JSON array, as the .pt reader does) the initializers of a foreign file whose
-#: type paramio has no dtype for (string, int4, the fnuz float8s...): skipped, but visibly.
-SKIPPED_KEY = "paramio.skipped"
 #: protobuf refuses messages of 2 GiB or more.
 PROTOBUF_LIMIT = 2**31 - 1
 #: Weights containers: Identity on float8 needs opset 19; 21 is what onnxruntime and onnx both run.

@@ -15,7 +15,6 @@ import mmap
 import os
 import struct
 from collections.abc import Mapping
-from math import prod
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -26,11 +25,10 @@ from ..checksum import tensor_bytes
 from ..dtypes import DTYPES, torch_dtype
 from ..errors import FormatError
 from ..manifest import Manifest, TensorEntry
-from .base import FileContents, Format, Reader, StoredTensor, Writer
+from .base import MANIFEST_KEY, FileContents, Format, Reader, StoredTensor, Writer
 
 __all__ = ["SafetensorsFormat", "MANIFEST_KEY", "HEADER_CAP"]
 
-MANIFEST_KEY = "paramio.manifest"
 #: The stock library's own cap on the header size.
 HEADER_CAP = 100_000_000
 _METADATA = "__metadata__"

@@ -34,13 +34,10 @@ from ..dtypes import dtype_name
 from ..errors import FormatError, TieError
 from ..manifest import Manifest, TensorEntry, ViewEntry
 from ..ties import plan_ties
-from .base import FileContents, Format, Reader, StoredTensor, Writer
+from .base import MANIFEST_KEY, SKIPPED_KEY, FileContents, Format, Reader, StoredTensor, Writer
 
 __all__ = ["TorchFormat", "MANIFEST_KEY", "SKIPPED_KEY"]
 
-MANIFEST_KEY = "paramio.manifest"
-#: Metadata key listing (as a JSON array) the non-tensor entries of a checkpoint that were not imported.
-SKIPPED_KEY = "paramio.skipped"
 #: Keys under which training checkpoints keep the model's state dict.
 _WRAPPERS = ("state_dict", "model")
 _ZIP_MAGIC = b"PK\x03\x04"
