@@ -168,9 +168,12 @@ def _dtypes_of(named: dict, grads: dict) -> set[str]:
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_random_checkpoints_round_trip_through_every_format_and_pair(tmp_path_factory: pytest.TempPathFactory,
                                                                        fmt: str) -> None:
+    examples = []
+
     @settings(PROFILE)
     @given(data=st.data())
     def round_trip(data: st.DataObject) -> None:
+        examples.append(1)
         named, grads, meta = data.draw(checkpoints(sorted(supported(fmt))))
         folder = tmp_path_factory.mktemp(fmt)
         source = folder / f"source{SUFFIX[fmt]}"
@@ -188,6 +191,7 @@ def test_random_checkpoints_round_trip_through_every_format_and_pair(tmp_path_fa
         assert not [p for p in folder.iterdir() if p.name.endswith(".partial")]
 
     round_trip()
+    assert len(examples) >= PROFILE.max_examples  # each one a checkpoint through 1 + len(FORMATS) round trips
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -206,10 +210,12 @@ def test_a_flipped_bit_in_any_tensor_is_caught_and_named(tmp_path_factory: pytes
     """Integrity: one flipped bit anywhere in any stored tensor's data fails ``load`` and ``paramio validate``
     (exit 1) naming that tensor; ``verify=False`` reads it anyway."""
     runner = CliRunner()
+    examples = []
 
     @settings(PROFILE)
     @given(data=st.data())
     def flip(data: st.DataObject) -> None:
+        examples.append(1)
         dtypes = [d for d in sorted(supported(fmt)) if d != "bool"]
         count = data.draw(st.integers(1, 4))
         sizes = st.tuples(st.integers(2, 5), st.integers(4, 6))  # at least 8 bytes each
@@ -236,3 +242,4 @@ def test_a_flipped_bit_in_any_tensor_is_caught_and_named(tmp_path_factory: pytes
         assert all(bits_equal(ck[n], t) for n, t in named.items() if n != victim)
 
     flip()
+    assert len(examples) >= PROFILE.max_examples
