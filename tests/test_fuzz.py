@@ -35,7 +35,7 @@ from .reliability import SUFFIX, formats_present
 FORMATS = formats_present()
 _SCALE = float(os.environ.get("PARAMIO_FUZZ_CASES", "1"))
 #: Mutated files per format in the normal suite (about a minute on 2 busy cores for all four formats).
-CASES = {fmt: int(n * _SCALE) for fmt, n in {"safetensors": 200, "hdf5": 80, "onnx": 160, "torch": 160}.items()}
+CASES = {fmt: int(n * _SCALE) for fmt, n in {"safetensors": 400, "hdf5": 150, "onnx": 300, "torch": 300}.items()}
 BASE_SEED = int(os.environ.get("PARAMIO_FUZZ_SEED", "1"))
 TERABYTE = 2**40
 SECRET = b"SECRET"
