@@ -625,13 +625,10 @@ def _mutate_onnx(path: Path, case: Path, rng: random.Random) -> str:
             model.graph.input.add().CopyFrom(onnx.helper.make_tensor_value_info(
                 inits[0].name if inits else "a", onnx.TensorProto.FLOAT, [2]))
         what = f"graph {choice}"
-    elif op == "deep":
-        sub = onnx.helper.make_graph([], "leaf", [], [])
-        for _ in range(rng.choice([20, 200])):
-            node = onnx.helper.make_node("If", ["c"], ["o"], then_branch=sub, else_branch=sub)
-            sub = onnx.helper.make_graph([node], "g", [], [])
-        model.graph.node.add().CopyFrom(sub.node[0])
-        what = "deeply nested subgraphs"
+    elif op == "deep":  # encoded by hand: protobuf itself refuses to build more than 100 levels
+        depth = rng.choice([20, 200, 5000])
+        path.write_bytes(path.read_bytes() + _pb(7, _pb(1, _nested_node(depth))))  # a second graph field
+        return f"onnx subgraphs nested {depth} deep"
     elif op == "name" and init is not None:
         init.name = rng.choice(["", "x" * 10_000, inits[0].name, "grad/", "a\udcff".encode("utf-8", "surrogatepass")
                                 .decode("utf-8", "replace")])
@@ -648,6 +645,27 @@ def _mutate_onnx(path: Path, case: Path, rng: random.Random) -> str:
         raise Skip(f"onnx {op}: no initializer")
     path.write_bytes(model.SerializeToString())
     return f"onnx {what}"
+
+
+def _pb(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    def varint(n: int) -> bytes:
+        out = bytearray()
+        while True:
+            out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+            n >>= 7
+            if not n:
+                return bytes(out)
+    return varint(number << 3 | 2) + varint(len(payload)) + payload
+
+
+def _nested_node(depth: int) -> bytes:
+    """An If node whose then_branch holds an If node ... ``depth`` levels down (NodeProto bytes)."""
+    node = _pb(4, b"If")
+    for _ in range(depth):
+        attribute = _pb(1, b"then_branch") + _pb(6, _pb(1, node)) + b"\xa0\x01\x05"  # type (20) = GRAPH
+        node = _pb(4, b"If") + _pb(5, attribute)
+    return node
 
 
 # torch
