@@ -11,6 +11,7 @@ tensors, so they receive the dict without aliases (the bytes on disk are the sam
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -18,10 +19,12 @@ from typing import Any
 
 import torch
 
-__all__ = ["FORMATS", "SUFFIX", "path_for", "prepare", "touch", "remove_outputs"]
+__all__ = ["FORMATS", "SUFFIX", "LIMITS", "path_for", "prepare", "touch", "remove_outputs"]
 
 FORMATS = ("safetensors", "hdf5", "onnx", "torch")
-SUFFIX = {"safetensors": ".safetensors", "hdf5": ".h5", "onnx": ".onnx", "torch": ".pt"}
+SUFFIX = {"safetensors": ".safetensors", "hdf5": ".h5", "onnx": ".onnx", "torch": ".pt", "raw": ".bin"}
+#: The machine's own limits, measured on one buffer of the case's size (format "raw", side "machine").
+LIMITS = ("write", "write_fsync", "readinto", "mmap_sum", "copy_fresh", "xxh3")
 
 
 def path_for(folder: Path, case: str, fmt: str, side: str) -> Path:
@@ -206,9 +209,53 @@ _STOCK_LOAD = {"safetensors": _stock_safetensors_load, "hdf5": _stock_hdf5_load,
                "torch": _stock_torch_load}
 
 
+def _limit(action: str, path: Path, nbytes: int) -> tuple[Callable[[], Any], bool]:
+    """One machine limit: plain writes (with and without fsync), reads into a preallocated buffer, mapping
+    and summing, copying into fresh memory, hashing. Reads use the file the write jobs left."""
+    import xxhash
+
+    if action in ("write", "write_fsync"):
+        data = torch.ones(nbytes // 4).numpy()
+        path.unlink(missing_ok=True)
+
+        def write() -> None:
+            with open(path, "wb") as fh:
+                fh.write(data)
+                if action == "write_fsync":
+                    fh.flush()
+                    os.fsync(fh.fileno())
+
+        return write, False
+    if action == "readinto":
+        buf = torch.empty(nbytes // 4)
+        view = memoryview(buf.numpy()).cast("B")
+
+        def readinto() -> list[torch.Tensor]:
+            with open(path, "rb", buffering=0) as fh:
+                fh.readinto(view)
+            return [buf]
+
+        return readinto, True
+    if action == "mmap_sum":
+        def mapped() -> list[torch.Tensor]:
+            with open(path, "rb") as fh:
+                return [torch.frombuffer(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY), dtype=torch.float32)]
+
+        return mapped, True
+    data = torch.ones(nbytes // 4)
+    data.sum()
+    if action == "copy_fresh":
+        return (lambda: [data.clone()]), False
+    if action == "xxh3":
+        return (lambda: xxhash.xxh3_64_hexdigest(data.numpy())), False
+    raise ValueError(f"no machine limit {action!r}")
+
+
 def prepare(side: str, action: str, fmt: str, path: Path, make_dict: Callable[[], dict[str, torch.Tensor]],
-            dst: Path | None = None) -> tuple[Callable[[], Any], bool]:
+            dst: Path | None = None, nbytes: int = 0) -> tuple[Callable[[], Any], bool]:
     """``(timed call, whether its result is tensors to touch)`` for one operation; builds inputs now."""
+    if side == "machine":
+        return _limit(action, path, nbytes)
     if side == "stock":
         if action == "save":
             return _STOCK_SAVE[fmt](make_dict(), path), False

@@ -94,7 +94,7 @@ def run_job(case: str, scale: str, fmt: str, side: str, action: str, folder: Pat
     spec = cases.spec(case, scale)
     path = path_for(folder, case, fmt, side)
     try:
-        call, touches = prepare(side, action, fmt, path, lambda: cases.state_dict(spec), dst)
+        call, touches = prepare(side, action, fmt, path, lambda: cases.state_dict(spec), dst, spec.nbytes)
         if touches or action == "convert":
             warm(path)
         return measure(call, touches)
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--case", required=True, choices=cases.CASES)
     ap.add_argument("--scale", default="full", choices=cases.SCALES)
     ap.add_argument("--format", required=True)
-    ap.add_argument("--side", required=True, choices=("stock", "paramio", "paramio-ext"))
+    ap.add_argument("--side", required=True, choices=("stock", "paramio", "paramio-ext", "machine"))
     ap.add_argument("--action", required=True)
     ap.add_argument("--dir", required=True, type=Path)
     ap.add_argument("--dst", type=Path, help="output of --action convert")
@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
 
         spec = cases.spec(args.case, args.scale)
         path = path_for(args.dir, args.case, args.format, args.side)
-        call, touches = prepare(args.side, args.action, args.format, path, lambda: cases.state_dict(spec), args.dst)
+        call, touches = prepare(args.side, args.action, args.format, path, lambda: cases.state_dict(spec), args.dst,
+                                spec.nbytes)
         if touches or args.action == "convert":
             warm(path)
         with Profiler(interval=0.0005) as prof:
