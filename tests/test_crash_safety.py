@@ -251,21 +251,8 @@ def test_data_is_fsynced_before_the_rename_and_the_folder_after(tmp_path: Path, 
 
 # -- concurrent readers ---------------------------------------------------------------------------------------
 
-#: Readers that open the file by name twice (the header, then a mapping for the data), so a replace in between
-#: gives them the old header with the new data.
-_REOPEN: dict[str, str] = {}
-_FIX = ("; a write that replaced the file in between gives the old manifest the new data (checksum mismatch). "
-        "Fix: map the file descriptor opened first (mmap.mmap(fd, 0, ACCESS_COPY) and torch.frombuffer, as "
-        "safetensors.py does; for torch.load, the path /proc/self/fd/<fd> where it exists).")
 
-
-def _reopen_xfail(fmt: str) -> list:
-    if fmt not in _REOPEN:
-        return []
-    return [pytest.mark.xfail(strict=True, reason=_REOPEN[fmt] + _FIX)]
-
-
-@pytest.mark.parametrize("fmt", [pytest.param(f, marks=_reopen_xfail(f)) for f in FORMATS])
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_a_reader_reads_the_file_it_opened_even_if_it_is_replaced(tmp_path: Path, fmt: str) -> None:
     from paramio.reading import manifest_of, open_file, read_verified
 
@@ -280,7 +267,7 @@ def test_a_reader_reads_the_file_it_opened_even_if_it_is_replaced(tmp_path: Path
     assert same_as(paramio.load(path), new)
 
 
-@pytest.mark.parametrize("fmt", [pytest.param(f, marks=_reopen_xfail(f)) for f in FORMATS])
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_a_file_replaced_as_it_is_mapped_gives_the_reader_the_file_it_opened(tmp_path: Path, fmt: str,
                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """The race made deterministic: the file is replaced just before any mapping by name."""
@@ -301,8 +288,8 @@ def test_a_file_replaced_as_it_is_mapped_gives_the_reader_the_file_it_opened(tmp
     assert same_as(loaded, old) or (not replaced and same_as(loaded, new))
 
 
-# The same race, left to chance: only for the readers that pass the deterministic tests above.
-@pytest.mark.parametrize("fmt", [f for f in FORMATS if f not in _REOPEN])
+# The same race, left to chance.
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_readers_of_a_file_being_replaced_see_the_old_or_the_new_file_whole(tmp_path: Path, fmt: str) -> None:
     path = tmp_path / f"model{SUFFIX[fmt]}"
     versions = [{f"t{i}": torch.full((1 << 16,), float(v * 10 + i)) for i in range(4)} for v in range(2)]
