@@ -18,7 +18,7 @@ from .checkpoint import Checkpoint
 from .dtypes import dtype_name
 from .errors import ValidationError
 from .reading import load
-from .ties import _groups, named_tensors
+from .ties import identity_groups, named_tensors
 
 __all__ = ["LoadReport", "load_into"]
 
@@ -102,7 +102,7 @@ def load_into(model: nn.Module, source: str | Path | Checkpoint, *, strict: bool
     ck = source if isinstance(source, Checkpoint) else load(source)
     named = named_tensors(model)
     params = dict(named)
-    groups = _groups(named)  # the model's own tie groups, canonical first
+    groups = identity_groups(named)  # the model's own tie groups, canonical first
     group_of = {n: i for i, g in enumerate(groups) for n in g}
     ck_alias = ck.manifest.alias_map()
 

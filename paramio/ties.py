@@ -21,7 +21,7 @@ from torch import nn
 from .errors import TieError
 from .manifest import TieGroup
 
-__all__ = ["View", "TiePlan", "plan_ties", "find_ties", "named_tensors"]
+__all__ = ["View", "TiePlan", "plan_ties", "find_ties", "identity_groups", "named_tensors"]
 
 
 @dataclass(frozen=True)
@@ -57,83 +57,95 @@ def named_tensors(obj: nn.Module | Mapping[str, torch.Tensor]) -> list[tuple[str
     raise TypeError(f"expected an nn.Module or a mapping of names to tensors, got {type(obj).__name__}")
 
 
-def _owns_memory(t: torch.Tensor) -> bool:
-    """Whether a tensor's memory can be compared by address (not empty, lazy or on the meta device)."""
-    if isinstance(t, nn.parameter.UninitializedTensorMixin) or t.device.type == "meta":
-        return False
-    return t.numel() > 0
+_LAZY = nn.parameter.UninitializedTensorMixin
 
 
-def _view_key(t: torch.Tensor) -> tuple:
-    storage = t.untyped_storage()
-    return (t.device, storage.data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+def _memory_key(t: torch.Tensor) -> tuple | None:
+    """What makes two tensors the same view: device, address of the first element, shape, strides and
+    dtype. None for tensors whose memory cannot be compared by address (empty, lazy or on the meta
+    device): object identity is the only evidence for those.
+
+    The address is ``data_ptr()`` (storage address plus offset): one call instead of building a storage
+    object per tensor, which matters at tens of thousands of tensors."""
+    if isinstance(t, _LAZY) or t.is_meta or not t.numel():
+        return None
+    return (t.device, t.data_ptr(), t.shape, t.stride(), t.dtype)
 
 
-def _span(t: torch.Tensor) -> tuple[int, int]:
-    """Byte range [start, end) that a non-empty tensor reaches inside its storage."""
-    size = t.element_size()
-    start = t.storage_offset()
-    last = start + sum((n - 1) * s for n, s in zip(t.shape, t.stride()))
-    return start * size, (last + 1) * size
+def _extent(t: torch.Tensor) -> int:
+    """Bytes from a non-empty tensor's first element to the end of its last one."""
+    if t.is_contiguous():
+        return t.nbytes
+    return (sum((n - 1) * s for n, s in zip(t.shape, t.stride())) + 1) * t.element_size()
 
 
-def _groups(named: Sequence[tuple[str, torch.Tensor]]) -> list[list[str]]:
-    """Names grouped by identity (same object or same view), groups in first-appearance order."""
-    index: dict[object, int] = {}
+def _keyed_groups(named: Sequence[tuple[str, torch.Tensor]]) -> tuple[list[list[str]], list[tuple | None]]:
+    """Names grouped by identity (same object or same view), groups in first-appearance order; with the
+    memory key of each group's first tensor."""
+    by_id: dict[int, int] = {}
+    by_key: dict[tuple, int] = {}
     groups: list[list[str]] = []
+    keys: list[tuple | None] = []
     for name, t in named:
-        keys = [("id", id(t))]
-        if _owns_memory(t):
-            keys.append(("view", _view_key(t)))
-        found = next((index[k] for k in keys if k in index), None)
+        found = by_id.get(id(t))
+        key = _memory_key(t)
+        if found is None and key is not None:
+            found = by_key.get(key)
         if found is None:
             found = len(groups)
             groups.append([])
+            keys.append(key)
         groups[found].append(name)
-        for k in keys:
-            index.setdefault(k, found)
-    return groups
+        by_id.setdefault(id(t), found)
+        if key is not None:
+            by_key.setdefault(key, found)
+    return groups, keys
 
 
-def _partial_views(reps: Sequence[tuple[str, torch.Tensor]]) -> dict[str, View]:
-    """Views for representatives that overlap another in memory; TieError when no faithful base exists."""
-    by_storage: dict[tuple, list[tuple[str, torch.Tensor]]] = {}
-    for name, t in reps:
-        if _owns_memory(t):
-            by_storage.setdefault((t.device, t.untyped_storage().data_ptr()), []).append((name, t))
-    views: dict[str, View] = {}
-    for members in by_storage.values():
-        if len(members) < 2:
-            continue
-        order = {name: i for i, (name, _) in enumerate(members)}
-        spans = sorted(members, key=lambda m: _span(m[1]))
-        clusters: list[list[tuple[str, torch.Tensor]]] = []
+def identity_groups(named: Sequence[tuple[str, torch.Tensor]]) -> list[list[str]]:
+    """Names grouped by identity (same object or same view), canonical first, in first-appearance order;
+    partial aliases are not considered."""
+    return _keyed_groups(named)[0]
+
+
+def _partial_views(reps: Sequence[tuple[str, torch.Tensor, tuple | None]]) -> dict[str, View]:
+    """Views for representatives that overlap another in memory; TieError when no faithful base exists.
+
+    Overlap is found on absolute addresses (per device): sorted by start, a tensor that starts before the
+    previous ones end joins their cluster. Distinct memory never overlaps, so only real sharing clusters."""
+    by_device: dict[torch.device, list[tuple[int, int, int]]] = {}
+    for i, (_, t, key) in enumerate(reps):
+        if key is not None:
+            by_device.setdefault(key[0], []).append((key[1], key[1] + _extent(t), i))
+    clusters: list[list[int]] = []
+    for spans in by_device.values():
+        spans.sort()
         end = -1
-        for name, t in spans:
-            start, stop = _span(t)
-            if clusters and start < end:
-                clusters[-1].append((name, t))
-                end = max(end, stop)
+        for start, stop, i in spans:
+            if start < end:
+                clusters[-1].append(i)
             else:
-                clusters.append([(name, t)])
-                end = stop
-        for cluster in clusters:
-            if len(cluster) > 1:
-                views.update(_views_of_cluster(sorted(cluster, key=lambda m: order[m[0]])))
+                clusters.append([i])
+            end = max(end, stop)
+    views: dict[str, View] = {}
+    for cluster in clusters:
+        if len(cluster) > 1:
+            views.update(_views_of_cluster([reps[j][:2] for j in sorted(cluster)]))
     return views
 
 
 def _views_of_cluster(cluster: list[tuple[str, torch.Tensor]]) -> dict[str, View]:
+    """``cluster``: tensors that overlap in memory, in registration order."""
     names = ", ".join(f"`{n}`" for n, _ in cluster)
-    lo = min(_span(t)[0] for _, t in cluster)
-    hi = max(_span(t)[1] for _, t in cluster)
     dtypes = {t.dtype for _, t in cluster}
     if len(dtypes) > 1:
         raise TieError(
             f"tensors {names} share memory with different dtypes; store them apart with .clone() first"
         )
+    lo = min(t.data_ptr() for _, t in cluster)
+    hi = max(t.data_ptr() + _extent(t) for _, t in cluster)
     for base_name, base in cluster:
-        if base.is_contiguous() and _span(base) == (lo, hi):
+        if base.is_contiguous() and base.data_ptr() == lo and base.nbytes == hi - lo:
             break
     else:
         raise TieError(
@@ -146,8 +158,13 @@ def _views_of_cluster(cluster: list[tuple[str, torch.Tensor]]) -> dict[str, View
             f"tensors {', '.join(larger)} have more elements than `{base_name}`, whose memory they view "
             "(expanded or overlapping strides); .clone() them to store them"
         )
+    size = base.element_size()
+    misaligned = [f"`{n}`" for n, t in cluster if (t.data_ptr() - lo) % size]
+    if misaligned:
+        raise TieError(f"tensors {', '.join(misaligned)} start between two elements of `{base_name}`, whose memory "
+                       "they share; .clone() them to store them")
     return {
-        name: View(name, base_name, t.storage_offset() - base.storage_offset(), tuple(t.shape), tuple(t.stride()))
+        name: View(name, base_name, (t.data_ptr() - lo) // size, tuple(t.shape), tuple(t.stride()))
         for name, t in cluster
         if name != base_name
     }
@@ -156,8 +173,8 @@ def _views_of_cluster(cluster: list[tuple[str, torch.Tensor]]) -> dict[str, View
 def plan_ties(named: Sequence[tuple[str, torch.Tensor]]) -> TiePlan:
     """Split named tensors into stored tensors, tie groups and views (see the module docstring)."""
     lookup = dict(named)
-    groups = _groups(named)
-    views = _partial_views([(g[0], lookup[g[0]]) for g in groups])
+    groups, keys = _keyed_groups(named)
+    views = _partial_views([(g[0], lookup[g[0]], key) for g, key in zip(groups, keys)])
     ties = tuple(TieGroup(canonical=g[0], aliases=tuple(g[1:])) for g in groups if len(g) > 1)
     stored = tuple(g[0] for g in groups if g[0] not in views)
     ordered_views = tuple(views[g[0]] for g in groups if g[0] in views)

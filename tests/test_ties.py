@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -88,6 +89,27 @@ def test_views_of_different_dtype_raise_tie_error(tmp_path: Path) -> None:
     with pytest.raises(TieError, match="different dtypes"):
         paramio.save({"a": base, "b": base.view(torch.float32)[1:]}, tmp_path / "unused.safetensors")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_tensors_over_the_same_memory_from_different_storages_are_tied_or_views(tmp_path: Path) -> None:
+    # torch.from_numpy twice: two storage objects, one memory. Editing one edits the other, so they are one.
+    array = np.arange(12, dtype=np.float32)
+    a, b = torch.from_numpy(array), torch.from_numpy(array)
+    assert groups({"a": a, "b": b}) == [("a", ("b",))]
+    # a numpy view at an offset: a partial alias of the whole, whatever storage object torch made for it
+    manifest = paramio.save({"whole": a, "tail": torch.from_numpy(array[4:])}, tmp_path / "v.safetensors")
+    assert [(v.name, v.base, v.offset, v.shape) for v in manifest.views] == [("tail", "whole", 4, (8,))]
+    loaded = paramio.load(tmp_path / "v.safetensors")
+    loaded["whole"][5] = -1.0
+    assert loaded["tail"][1] == -1.0
+
+
+def test_a_view_that_starts_inside_an_element_is_refused(tmp_path: Path) -> None:
+    raw = np.zeros(40, dtype=np.uint8)
+    whole = torch.from_numpy(raw.view(np.float32))
+    shifted = torch.from_numpy(raw[2:38].view(np.float32))
+    with pytest.raises(TieError, match="between two elements"):
+        paramio.save({"whole": whole, "shifted": shifted}, tmp_path / "unused.safetensors")
 
 
 def test_uninitialized_lazy_parameter_is_named_with_the_fix() -> None:
