@@ -148,22 +148,11 @@ def _stock_torch_load(path: Path, mmap: bool = False) -> Callable[[], Any]:
 
 
 # -- paramio -------------------------------------------------------------------------------------------
-def _paramio_save(sd: Mapping[str, torch.Tensor], path: Path, fsync: bool = True, **options: Any
+def _paramio_save(sd: Mapping[str, torch.Tensor], path: Path, durable: bool = True, **options: Any
                   ) -> Callable[[], Any]:
     import paramio
 
-    if fsync:
-        return lambda: paramio.save(sd, path, **options)
-
-    def run() -> None:  # a diagnostic: what the save costs without waiting for the disk
-        real = os.fsync
-        os.fsync = lambda fd: None
-        try:
-            paramio.save(sd, path, **options)
-        finally:
-            os.fsync = real
-
-    return run
+    return lambda: paramio.save(sd, path, durable=durable, **options)
 
 
 def _paramio_load(path: Path, verify: bool) -> Callable[[], Any]:
@@ -274,7 +263,7 @@ def prepare(side: str, action: str, fmt: str, path: Path, make_dict: Callable[[]
         by_name(fmt)
         options = {"external_data": True} if side == "paramio-ext" else {}
         if action in ("save", "save_nofsync"):
-            return _paramio_save(make_dict(), path, fsync=action == "save", **options), False
+            return _paramio_save(make_dict(), path, durable=action == "save", **options), False
         if action in ("load", "load_noverify"):
             return _paramio_load(path, verify=action == "load"), True
         if action == "read_manifest":

@@ -2,6 +2,11 @@
 renamed over the target, so a failed or killed write never leaves a partial file nor clobbers the previous
 one.
 
+The fsync is what makes that hold through a power loss or a kernel crash too (without it, a file system may
+persist the rename before the data, leaving an empty or torn file where the previous checkpoint was). It
+costs the time the disk takes to store the bytes, which tools that leave their data in the page cache do
+not wait for; ``durable=False`` skips it where only process failures matter (scratch space, tmpfs).
+
 A temporary is named ``.<name>.<host>-<pid>-<uuid>.partial``: no reader takes it for the checkpoint (a
 hidden name whose suffix names no format). A write that is killed (SIGKILL, power loss) cannot remove its
 own; the next write of the same file removes those whose process is gone on this machine
@@ -18,6 +23,7 @@ import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 __all__ = ["Staging", "staged", "remove_stale"]
 
@@ -56,7 +62,8 @@ def remove_stale(final: str | Path) -> list[Path]:
 class Staging:
     """Temporary names for one write's files (a model and, for ONNX, its external data), committed together."""
 
-    def __init__(self) -> None:
+    def __init__(self, durable: bool = True) -> None:
+        self.durable = durable
         self._pending: list[tuple[Path, Path]] = []
         self._after: list[Callable[[], None]] = []
 
@@ -66,6 +73,13 @@ class Staging:
         temp = final.with_name(f".{final.name}.{_HOST}-{os.getpid()}-{uuid.uuid4().hex}.partial")
         self._pending.append((temp, final))
         return temp
+
+    def sync(self, fh: IO[bytes]) -> None:
+        """Flush ``fh`` to the disk before it is closed (when durable): a writer that syncs its own file
+        saves :meth:`commit` reopening it."""
+        fh.flush()
+        if self.durable:
+            os.fsync(fh.fileno())
 
     def retarget(self, temp: Path, final: Path) -> None:
         """Commit ``temp`` under ``final`` instead: for a name known only once the file is written (ONNX
@@ -79,17 +93,18 @@ class Staging:
         self._after.append(action)
 
     def commit(self) -> None:
-        """fsync each file, rename in order (the main file last), then fsync the folders."""
+        """fsync each file, rename in order (the main file last), then fsync the folders (without the fsyncs
+        when not durable)."""
         folders = set()
         for temp, _ in self._pending:
-            if temp.exists():
+            if self.durable and temp.exists():
                 with open(temp, "rb+") as fh:
                     os.fsync(fh.fileno())
         for temp, final in reversed(self._pending):
             if temp.exists():
                 os.replace(temp, final)
                 folders.add(final.parent)
-        for folder in folders:
+        for folder in folders if self.durable else ():
             with contextlib.suppress(OSError):
                 fd = os.open(folder, os.O_RDONLY)
                 try:
@@ -111,9 +126,9 @@ class Staging:
 
 
 @contextlib.contextmanager
-def staged() -> Iterator[Staging]:
+def staged(durable: bool = True) -> Iterator[Staging]:
     """Yield a :class:`Staging`; commit on success, remove every temporary file on any failure."""
-    staging = Staging()
+    staging = Staging(durable)
     try:
         yield staging
     except BaseException:

@@ -27,9 +27,10 @@ Progress = Callable[[str, int], None]
 
 @paused_gc
 def convert(src: str | Path, dst: str | Path, *, format: str | None = None, dtype: str | torch.dtype | None = None,
-            verify: bool = True, progress: Progress | None = None) -> Manifest:
+            verify: bool = True, progress: Progress | None = None, durable: bool = True) -> Manifest:
     """Convert ``src`` to ``dst`` (format from ``format`` or the suffix), keeping ties, views, metadata,
-    gradients and checksums; ``dtype`` casts floating tensors. Returns the manifest written."""
+    gradients and checksums; ``dtype`` casts floating tensors; ``durable``: as for :func:`paramio.save`.
+    Returns the manifest written."""
     dst_format = for_path(dst, format)
     with open_file(src) as reader:
         source = manifest_of(reader)
@@ -45,4 +46,4 @@ def convert(src: str | Path, dst: str | Path, *, format: str | None = None, dtyp
                     progress(entry.name, tensor.numel() * tensor.element_size())
                 del tensor
 
-        return write_stream(dst_format, dst, target, items(), checksum=checksum)
+        return write_stream(dst_format, dst, target, items(), checksum=checksum, durable=durable)

@@ -4,8 +4,9 @@ through a format's writer atomically, one tensor at a time, checksumming on the 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -69,20 +70,20 @@ def as_checkpoint(obj: nn.Module | Mapping[str, torch.Tensor] | Checkpoint, *, g
 @paused_gc
 def write_stream(fmt: type[Format], path: str | Path, manifest: Manifest,
                  items: Iterable[tuple[TensorEntry, torch.Tensor]], *, checksum: str | None = "default",
-                 options: Mapping[str, Any] | None = None) -> Manifest:
+                 options: Mapping[str, Any] | None = None, durable: bool = True) -> Manifest:
     """Write ``items`` (in manifest order) to ``path`` atomically; return the manifest with checksums.
 
     Tensors are cast to their entry's dtype and moved to the CPU one at a time, so a stream that reads
-    lazily (``convert``) holds a single tensor in memory.
+    lazily (``convert``) holds a single tensor in memory. ``durable``: see :mod:`paramio.atomic`.
     """
     path = Path(path)
     algorithm = resolve(checksum)
     mark = placeholder(algorithm) if algorithm else None
     draft = manifest.model_copy(update={"tensors": tuple(_with_checksum(t, mark) for t in manifest.tensors)})
-    sums: list[str | None] = []
+    sums: list[str | Future[str] | None] = []
     hasher = _Hasher(algorithm)
     try:
-        with staged() as staging:
+        with staged(durable) as staging:
             temp = staging.temp_for(path)
             writer = fmt.writer(temp, path, staging, draft, dict(options or {}))
             try:
@@ -98,7 +99,8 @@ def write_stream(fmt: type[Format], path: str | Path, manifest: Manifest,
                 if len(sums) != len(draft.tensors):
                     raise FormatError("internal error: fewer tensors given than the manifest lists")
                 final = draft.model_copy(update={"tensors": tuple(
-                    _with_checksum(t, sum_) for t, sum_ in zip(draft.tensors, sums))})
+                    _with_checksum(t, sum_.result() if isinstance(sum_, Future) else sum_)
+                    for t, sum_ in zip(draft.tensors, sums))})
                 writer.finish(final)
             except BaseException:
                 writer.abort()
@@ -149,10 +151,16 @@ def _prepared(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 class _Hasher:
     """Writes a tensor and computes its checksum. For large tensors the hash runs in a second thread while
     the writer copies the same bytes to the file (xxhash and file writes both release the GIL), so the
-    checksum costs next to nothing; small ones are hashed in line, where a thread would cost more."""
+    checksum costs next to nothing; small ones are hashed in line, where a thread would cost more.
+
+    A writer that keeps every tensor until ``finish`` (``.pt``) writes nothing meanwhile, so there is no
+    write to overlap: its tensors are hashed on all cores at once, and :meth:`write` returns a future that
+    the caller resolves before ``finish``."""
 
     #: Below this many bytes a tensor is hashed in line.
     THREAD_MIN = 4 << 20
+    #: For a writer that keeps its tensors: below this many bytes a tensor is hashed in line.
+    DEFERRED_MIN = 256 << 10
 
     def __init__(self, algorithm: str | None) -> None:
         self._algorithm = algorithm
@@ -162,17 +170,25 @@ class _Hasher:
         if self._pool is not None:
             self._pool.shutdown()
 
-    def write(self, writer: Writer, entry: TensorEntry, data: torch.Tensor) -> str | None:
+    def _submit(self, buffer: object, workers: int) -> Future[str]:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(workers, thread_name_prefix="paramio-hash")
+        return self._pool.submit(digest, buffer, self._algorithm)
+
+    def write(self, writer: Writer, entry: TensorEntry, data: torch.Tensor) -> str | Future[str] | None:
         if self._algorithm is None:
             writer.write_tensor(entry, data)
             return None
         buffer = tensor_bytes(data)
+        if writer.keeps_tensors:
+            writer.write_tensor(entry, data)
+            if buffer.nbytes < self.DEFERRED_MIN:
+                return digest(buffer, self._algorithm)
+            return self._submit(buffer, os.cpu_count() or 1)  # the buffer keeps the tensor's memory alive
         if buffer.nbytes < self.THREAD_MIN:
             writer.write_tensor(entry, data)
             return digest(buffer, self._algorithm)
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="paramio-hash")
-        future = self._pool.submit(digest, buffer, self._algorithm)
+        future = self._submit(buffer, 1)
         try:
             writer.write_tensor(entry, data)
         finally:
@@ -184,8 +200,12 @@ class _Hasher:
 def save(obj: nn.Module | Mapping[str, torch.Tensor] | Checkpoint, path: str | Path, *,
          format: str | None = None, example_inputs: Any = None, grads: bool = False,
          dtype: str | torch.dtype | None = None, metadata: Mapping[str, str] | None = None,
-         checksum: str | None = "default", **options: Any) -> Manifest:
-    """Save every parameter (aliases stored once, ties recorded) to ``path``; return the written manifest."""
+         checksum: str | None = "default", durable: bool = True, **options: Any) -> Manifest:
+    """Save every parameter (aliases stored once, ties recorded) to ``path``; return the written manifest.
+
+    ``durable=False`` skips the fsync before the file replaces ``path``: the write is still atomic for the
+    processes that read it and across a crash of this one, not across a power loss (see
+    :mod:`paramio.atomic`)."""
     fmt = for_path(path, format)
     unknown = set(options) - set(fmt.options)
     if unknown:
@@ -194,4 +214,4 @@ def save(obj: nn.Module | Mapping[str, torch.Tensor] | Checkpoint, path: str | P
     manifest = cast_manifest(ck.manifest, parse_dtype(dtype))
     opts = {**options, "example_inputs": example_inputs,
             "model": obj if isinstance(obj, nn.Module) else None}
-    return write_stream(fmt, path, manifest, ck.stored(), checksum=checksum, options=opts)
+    return write_stream(fmt, path, manifest, ck.stored(), checksum=checksum, options=opts, durable=durable)

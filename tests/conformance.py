@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import xxhash
 from torch import nn
 
 import paramio
@@ -207,6 +208,19 @@ class FormatConformance:
         report = paramio.validate(path, against=untied_lm())
         assert not report.ok
         assert any("head.weight" in p for p in report.problems)
+
+    def test_checksums_are_of_each_tensors_bytes_whatever_its_size(self, path: Path) -> None:
+        # sizes on each side of where paramio changes how it hashes (in line, deferred to a pool, in a
+        # thread beside the write)
+        sizes = {"tiny": 3, "mid": (256 << 10) // 4 + 1, "large": (4 << 20) // 4 + 7, "small": 1000}
+        tensors = {name: torch.arange(n, dtype=torch.float32) * (i + 1) for i, (name, n) in enumerate(sizes.items())}
+        tensors["alias"] = tensors["mid"]
+        manifest = paramio.save(tensors, path)
+        expected = {n: "xxh3_64:" + xxhash.xxh3_64_hexdigest(t.numpy().tobytes()) for n, t in tensors.items()}
+        assert {t.name: t.checksum for t in manifest.tensors} == {n: expected[n] for n in sizes}
+        assert paramio.read_manifest(path).tensors == manifest.tensors
+        loaded = paramio.load(path)
+        assert loaded["alias"] is loaded["mid"] and all(torch.equal(loaded[n], t) for n, t in tensors.items())
 
     def test_sha256_checksums_on_request(self, path: Path) -> None:
         manifest = paramio.save(tied_mlp(), path, checksum="sha256")

@@ -249,6 +249,42 @@ def test_data_is_fsynced_before_the_rename_and_the_folder_after(tmp_path: Path, 
     assert events[-1] == ("fsync", str(tmp_path)), "the folder is fsynced after the renames"
 
 
+@pytest.mark.parametrize("fmt, options", FSYNC_CASES)
+def test_durable_false_skips_the_fsyncs_but_still_replaces_the_file_whole(tmp_path: Path, fmt: str, options: dict,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / f"m{SUFFIX[fmt]}"
+    paramio.save(checkpoint(1), path, **options)
+    synced: list[int] = []
+    monkeypatch.setattr(os, "fsync", synced.append)
+    paramio.save(checkpoint(2), path, durable=False, **options)
+    assert synced == []
+    assert same_as(paramio.load(path), checkpoint(2)) and partials(tmp_path) == []
+    # a durable=False write that fails still leaves the previous file as it was
+    before = path.read_bytes()
+    with pytest.raises(TypeError):
+        paramio.save({**checkpoint(3), "bad": "not a tensor"}, path, durable=False, **options)  # type: ignore[dict-item]
+    assert path.read_bytes() == before and partials(tmp_path) == []
+
+
+def test_convert_and_the_cli_take_durable_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from paramio.cli import app
+
+    src = tmp_path / "m.safetensors"
+    paramio.save(checkpoint(1), src)
+    synced: list[int] = []
+    monkeypatch.setattr(os, "fsync", synced.append)
+    paramio.convert(src, tmp_path / "m.h5", durable=False)
+    result = CliRunner().invoke(app, ["convert", str(src), str(tmp_path / "m.pt"), "--no-durable"])
+    assert result.exit_code == 0, result.output
+    assert synced == []
+    assert same_as(paramio.load(tmp_path / "m.h5"), checkpoint(1)) and same_as(paramio.load(tmp_path / "m.pt"),
+                                                                                checkpoint(1))
+    result = CliRunner().invoke(app, ["convert", str(src), str(tmp_path / "again.pt")])
+    assert result.exit_code == 0 and synced, "durable is the default"
+
+
 # -- concurrent readers ---------------------------------------------------------------------------------------
 
 

@@ -95,6 +95,10 @@ class Reader(abc.ABC):
 class Writer(abc.ABC):
     """Writes one file from tensors given one at a time, in the draft manifest's order."""
 
+    #: Whether the writer keeps every tensor it is given until ``finish`` (``torch.save`` needs the whole
+    #: dict): the core may then hash them all in parallel instead of one by one as they are written.
+    keeps_tensors: ClassVar[bool] = False
+
     def __init__(self, temp: Path, final: Path, staging: Staging, draft: Manifest, options: Mapping[str, Any]):
         self.temp = temp
         self.final = final

@@ -125,8 +125,7 @@ class SafetensorsWriter(Writer):
             raise FormatError("internal error: the safetensors header changed size between draft and final")
         self._file.seek(0)
         self._file.write(header)
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        self.staging.sync(self._file)
         self._file.close()
 
     def abort(self) -> None:

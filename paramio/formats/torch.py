@@ -48,6 +48,8 @@ _NAME_LIMIT = 4096
 class TorchWriter(Writer):
     """``torch.save`` needs the whole dict: tensors are collected as they come and saved in ``finish``."""
 
+    keeps_tensors = True
+
     def __init__(self, temp: Path, final: Path, staging: Staging, draft: Manifest, options: Mapping[str, Any]):
         super().__init__(temp, final, staging, draft, options)
         self._tensors: dict[str, torch.Tensor] = {}
