@@ -18,8 +18,13 @@ VARINT, I64, LEN, I32 = 0, 1, 2, 5
 _MAX_VARINT_BYTES = 10
 
 
+_ONE_BYTE = tuple(bytes((i,)) for i in range(128))
+
+
 def varint(value: int) -> bytes:
     """The base-128 encoding of a non-negative integer."""
+    if 0 <= value < 128:  # most keys, dims and dtype codes: a saved-model write encodes tens of thousands
+        return _ONE_BYTE[value]
     if value < 0:
         raise ValueError("varint of a negative number")
     out = bytearray()
