@@ -100,7 +100,10 @@ def _build(
     canonical_of = {a: g.canonical for g in plan.ties for a in g.aliases}
     tensors: dict[str, torch.Tensor] = {}
     for name, t in named:
-        tensors[name] = tensors[canonical_of[name]] if name in canonical_of else t.detach()
+        if name in canonical_of:
+            tensors[name] = tensors[canonical_of[name]]
+        else:  # a plain tensor outside autograd is kept as it is (detaching costs a new object per tensor)
+            tensors[name] = t if type(t) is torch.Tensor and not t.requires_grad else t.detach()
     entries = []
     for name in plan.stored:
         t = lookup[name]
@@ -160,6 +163,6 @@ def from_mapping(mapping: Mapping[str, torch.Tensor], *, metadata: Mapping[str, 
     for name, t in named:
         if not isinstance(name, str) or not isinstance(t, torch.Tensor):
             raise TypeError(f"expected a mapping of str to torch.Tensor; entry {name!r} is {type(t).__name__}")
-    kinds = {n: ("parameter" if isinstance(t, nn.Parameter) or t.is_floating_point() else "buffer")
+    kinds = {n: ("parameter" if t.is_floating_point() or isinstance(t, nn.Parameter) else "buffer")
              for n, t in named}
     return _build(named, kinds, dict(grads or {}), metadata, None)
