@@ -98,10 +98,16 @@ def write_stream(fmt: type[Format], path: str | Path, manifest: Manifest,
                     del data
                 if len(sums) != len(draft.tensors):
                     raise FormatError("internal error: fewer tensors given than the manifest lists")
+                if writer.patches_checksums:
+                    writer.finish(draft)  # while the hash threads finish
                 final = draft.model_copy(update={"tensors": tuple(
                     _with_checksum(t, sum_.result() if isinstance(sum_, Future) else sum_)
                     for t, sum_ in zip(draft.tensors, sums))})
-                writer.finish(final)
+                if writer.patches_checksums:
+                    if algorithm is not None:
+                        writer.patch(final)
+                else:
+                    writer.finish(final)
             except BaseException:
                 writer.abort()
                 raise
@@ -154,8 +160,8 @@ class _Hasher:
     checksum costs next to nothing; small ones are hashed in line, where a thread would cost more.
 
     A writer that keeps every tensor until ``finish`` (``.pt``) writes nothing meanwhile, so there is no
-    write to overlap: its tensors are hashed on all cores at once, and :meth:`write` returns a future that
-    the caller resolves before ``finish``."""
+    write to overlap there: :meth:`write` returns a future, the tensors are hashed on all cores while
+    ``finish`` writes the file with placeholders, and the caller patches the checksums in after."""
 
     #: Below this many bytes a tensor is hashed in line.
     THREAD_MIN = 4 << 20
@@ -180,7 +186,7 @@ class _Hasher:
             writer.write_tensor(entry, data)
             return None
         buffer = tensor_bytes(data)
-        if writer.keeps_tensors:
+        if writer.patches_checksums:
             writer.write_tensor(entry, data)
             if buffer.nbytes < self.DEFERRED_MIN:
                 return digest(buffer, self._algorithm)

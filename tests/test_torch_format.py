@@ -69,6 +69,24 @@ def test_the_bytes_do_not_depend_on_the_file_name(tmp_path: Path) -> None:
         assert {name.split("/")[0] for name in archive.namelist()} == {"archive"}  # no temporary name inside
 
 
+def test_checksums_patched_in_after_torch_save_leave_a_sound_archive(tmp_path: Path) -> None:
+    # The checksums of a .pt are computed while torch.save writes and put into its data.pkl after: every
+    # zip CRC must still hold and stock torch.load must see the real checksums.
+    tensors = {f"w{i}": torch.randn(1 << 16) for i in range(6)} | {"small": torch.ones(3)}
+    tensors["tied"] = tensors["w0"]
+    path = tmp_path / "m.pt"
+    manifest = paramio.save(tensors, path)
+    with zipfile.ZipFile(path) as archive:
+        assert archive.testzip() is None
+    stock = torch.load(path, weights_only=True)
+    assert paramio.Manifest.from_json(stock._metadata["paramio.manifest"]) == manifest
+    assert not any(t.checksum.endswith("0" * 16) for t in manifest.tensors)
+    assert stock["tied"] is stock["w0"] and paramio.validate(path).ok
+    again = tmp_path / "again.pt"
+    paramio.save(tensors, again)
+    assert again.read_bytes() == path.read_bytes()
+
+
 def test_slices_of_a_larger_storage_are_saved_alone(tmp_path: Path) -> None:
     """A parameter that is a slice of a big buffer must not drag the whole buffer into the file."""
     path = tmp_path / "slice.pt"

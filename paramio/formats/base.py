@@ -13,6 +13,13 @@ Order of calls, writing::
     writer.finish(final_manifest)             # same entries and order, real checksums
     # on any exception: writer.abort(); the core removes the temporary files
 
+A writer with ``patches_checksums`` (one that writes nothing before ``finish``) is instead finished with the
+draft, whose placeholder checksums have the final length, while the checksums are still being computed,
+then given the final manifest to put in place::
+
+    writer.finish(draft_manifest)
+    writer.patch(final_manifest)              # same bytes except the checksums
+
 Reading::
 
     with Format.reader(path) as reader:       # checks the header/structure, reads no tensor data
@@ -95,9 +102,10 @@ class Reader(abc.ABC):
 class Writer(abc.ABC):
     """Writes one file from tensors given one at a time, in the draft manifest's order."""
 
-    #: Whether the writer keeps every tensor it is given until ``finish`` (``torch.save`` needs the whole
-    #: dict): the core may then hash them all in parallel instead of one by one as they are written.
-    keeps_tensors: ClassVar[bool] = False
+    #: Whether the writer keeps every tensor it is given and writes nothing until ``finish`` (``torch.save``
+    #: needs the whole dict), then puts the checksums in with ``patch``: the core hashes on all cores while
+    #: ``finish`` writes, instead of before (see the order of calls above).
+    patches_checksums: ClassVar[bool] = False
 
     def __init__(self, temp: Path, final: Path, staging: Staging, draft: Manifest, options: Mapping[str, Any]):
         self.temp = temp
@@ -113,6 +121,11 @@ class Writer(abc.ABC):
     @abc.abstractmethod
     def finish(self, manifest: Manifest) -> None:
         """Record the final manifest (same tensors as the draft, with checksums) and close the file."""
+
+    def patch(self, manifest: Manifest) -> None:
+        """Replace the draft's placeholder checksums in the finished file with the manifest's (only for
+        writers with ``patches_checksums``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not patch checksums")
 
     def abort(self) -> None:  # noqa: B027 - optional hook
         """Close whatever is open; the core deletes the temporary files."""

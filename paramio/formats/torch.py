@@ -22,6 +22,7 @@ import pickle
 import pickletools
 import warnings
 import zipfile
+import zlib
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -48,7 +49,7 @@ _NAME_LIMIT = 4096
 class TorchWriter(Writer):
     """``torch.save`` needs the whole dict: tensors are collected as they come and saved in ``finish``."""
 
-    keeps_tensors = True
+    patches_checksums = True
 
     def __init__(self, temp: Path, final: Path, staging: Staging, draft: Manifest, options: Mapping[str, Any]):
         super().__init__(temp, final, staging, draft, options)
@@ -67,9 +68,62 @@ class TorchWriter(Writer):
         with open(self.temp, "wb") as fh:
             torch.save(state, fh)
         self._tensors.clear()
+        self._written = manifest.to_json().encode("utf-8")
+
+    def patch(self, manifest: Manifest) -> None:
+        """Swap the manifest ``finish`` pickled for ``manifest`` (same length: only checksums differ) inside
+        the archive's ``data.pkl`` record, and fix that record's CRC-32 where the zip keeps it (its local
+        header or data descriptor, and the central directory). Hand-written because no zip library edits a
+        stored record in place; zipfile finds the records, and reading the file back checks every CRC.
+        ``.data/serialization_id``, torch's opaque archive id (only logged by torch.load), stays as
+        torch.save made it: the file is still the same bytes for the same input."""
+        new = manifest.to_json().encode("utf-8")
+        if len(new) != len(self._written):
+            raise FormatError("internal error: the final manifest differs in length from the draft")
+        with open(self.temp, "r+b") as fh, zipfile.ZipFile(fh) as archive:
+            info = next((i for i in archive.infolist() if i.filename.endswith("/data.pkl")), None)
+            if info is None or info.compress_type != zipfile.ZIP_STORED:
+                raise FormatError("internal error: torch.save wrote no stored data.pkl record")
+            fh.seek(info.header_offset)
+            local = fh.read(30)
+            start = info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(
+                local[28:30], "little")
+            fh.seek(start)
+            data = bytearray(fh.read(info.file_size))
+            at = data.find(self._written)
+            if at < 0 or data.find(self._written, at + 1) >= 0:
+                raise FormatError("internal error: the manifest is not once in data.pkl")
+            data[at:at + len(new)] = new
+            crc = zlib.crc32(data).to_bytes(4, "little")
+            fh.seek(start + at)
+            fh.write(new)
+            if info.flag_bits & 0x08:  # a data descriptor after the data, with or without its signature
+                fh.seek(start + info.compress_size)
+                descriptor = start + info.compress_size + (4 if fh.read(4) == b"PK\x07\x08" else 0)
+                fh.seek(descriptor)
+            else:
+                fh.seek(info.header_offset + 14)
+            fh.write(crc)
+            fh.seek(_central_entry(fh, archive, info.filename) + 16)
+            fh.write(crc)
 
     def abort(self) -> None:
         self._tensors.clear()
+
+
+def _central_entry(fh: Any, archive: zipfile.ZipFile, name: str) -> int:
+    """The offset of ``name``'s central directory entry."""
+    at = archive.start_dir
+    for _ in archive.infolist():
+        fh.seek(at)
+        fixed = fh.read(46)
+        if fixed[:4] != b"PK\x01\x02":
+            break
+        lengths = [int.from_bytes(fixed[i:i + 2], "little") for i in (28, 30, 32)]
+        if fh.read(lengths[0]).decode("utf-8", "replace") == name:
+            return at
+        at += 46 + sum(lengths)
+    raise FormatError(f"internal error: no central directory entry for {name}")
 
 
 def _state_dict(manifest: Manifest, tensors: Mapping[str, torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
