@@ -61,15 +61,30 @@ _LAZY = nn.parameter.UninitializedTensorMixin
 
 
 def _memory_key(t: torch.Tensor) -> tuple | None:
-    """What makes two tensors the same view: device, address of the first element, shape, strides and
-    dtype. None for tensors whose memory cannot be compared by address (empty, lazy or on the meta
-    device): object identity is the only evidence for those.
-
-    The address is ``data_ptr()`` (storage address plus offset): one call instead of building a storage
-    object per tensor, which matters at tens of thousands of tensors."""
+    """What makes two tensors the same view: where their first element lies (:func:`_place`), shape,
+    strides and dtype. None for tensors whose memory cannot be compared (empty, lazy or on the meta
+    device): object identity is the only evidence for those."""
     if isinstance(t, _LAZY) or t.is_meta or not t.numel():
         return None
-    return (t.device, t.data_ptr(), t.shape, t.stride(), t.dtype)
+    return (*_place(t), t.shape, t.stride(), t.dtype)
+
+
+def _place(t: torch.Tensor) -> tuple[object, int]:
+    """``(region, byte position)`` of a tensor's first element; tensors overlap only within one region.
+
+    On the CPU and CUDA the region is the device and the position ``data_ptr()``, a real address: one call
+    instead of building a storage object per tensor, which matters at tens of thousands of tensors, and
+    storages that wrap the same memory are seen to share it. Elsewhere ``data_ptr()`` need not be an
+    address (on MPS it is a Metal buffer's handle, and unrelated handles lie a few bytes apart): the region
+    is then the storage and the position the tensor's byte offset in it."""
+    if t.is_cpu or t.is_cuda:
+        return t.device, t.data_ptr()
+    return _storage_place(t)
+
+
+def _storage_place(t: torch.Tensor) -> tuple[object, int]:
+    """:func:`_place` by storage: the region is the device and the storage, the position a byte offset."""
+    return (t.device, t.untyped_storage().data_ptr()), t.storage_offset() * t.element_size()
 
 
 def _extent(t: torch.Tensor) -> int:
@@ -111,61 +126,61 @@ def identity_groups(named: Sequence[tuple[str, torch.Tensor]]) -> list[list[str]
 def _partial_views(reps: Sequence[tuple[str, torch.Tensor, tuple | None]]) -> dict[str, View]:
     """Views for representatives that overlap another in memory; TieError when no faithful base exists.
 
-    Overlap is found on absolute addresses (per device): sorted by start, a tensor that starts before the
-    previous ones end joins their cluster. Distinct memory never overlaps, so only real sharing clusters."""
-    by_device: dict[torch.device, list[tuple[int, int, int]]] = {}
+    Overlap is found per region (:func:`_place`): sorted by start, a tensor that starts before the previous
+    ones end joins their cluster. Distinct memory never overlaps, so only real sharing clusters."""
+    by_region: dict[object, list[tuple[int, int, int]]] = {}
     for i, (_, t, key) in enumerate(reps):
         if key is not None:
-            by_device.setdefault(key[0], []).append((key[1], key[1] + _extent(t), i))
-    clusters: list[list[int]] = []
-    for spans in by_device.values():
+            by_region.setdefault(key[0], []).append((key[1], key[1] + _extent(t), i))
+    clusters: list[list[tuple[int, int]]] = []
+    for spans in by_region.values():
         spans.sort()
         end = -1
         for start, stop, i in spans:
             if start < end:
-                clusters[-1].append(i)
+                clusters[-1].append((i, start))
             else:
-                clusters.append([i])
+                clusters.append([(i, start)])
             end = max(end, stop)
     views: dict[str, View] = {}
     for cluster in clusters:
         if len(cluster) > 1:
-            views.update(_views_of_cluster([reps[j][:2] for j in sorted(cluster)]))
+            views.update(_views_of_cluster([(*reps[i][:2], start) for i, start in sorted(cluster)]))
     return views
 
 
-def _views_of_cluster(cluster: list[tuple[str, torch.Tensor]]) -> dict[str, View]:
-    """``cluster``: tensors that overlap in memory, in registration order."""
-    names = ", ".join(f"`{n}`" for n, _ in cluster)
-    dtypes = {t.dtype for _, t in cluster}
+def _views_of_cluster(cluster: list[tuple[str, torch.Tensor, int]]) -> dict[str, View]:
+    """``cluster``: tensors that overlap in memory, in registration order, with their start positions."""
+    names = ", ".join(f"`{n}`" for n, _, _ in cluster)
+    dtypes = {t.dtype for _, t, _ in cluster}
     if len(dtypes) > 1:
         raise TieError(
             f"tensors {names} share memory with different dtypes; store them apart with .clone() first"
         )
-    lo = min(t.data_ptr() for _, t in cluster)
-    hi = max(t.data_ptr() + _extent(t) for _, t in cluster)
-    for base_name, base in cluster:
-        if base.is_contiguous() and base.data_ptr() == lo and base.nbytes == hi - lo:
+    lo = min(start for _, _, start in cluster)
+    hi = max(start + _extent(t) for _, t, start in cluster)
+    for base_name, base, start in cluster:
+        if base.is_contiguous() and start == lo and base.nbytes == hi - lo:
             break
     else:
         raise TieError(
             f"tensors {names} overlap in memory but none of them is a contiguous tensor covering the others, "
             "so they cannot be stored as views of one base; .clone() the ones that need not share memory"
         )
-    larger = [f"`{n}`" for n, t in cluster if t.numel() > base.numel()]
+    larger = [f"`{n}`" for n, t, _ in cluster if t.numel() > base.numel()]
     if larger:
         raise TieError(
             f"tensors {', '.join(larger)} have more elements than `{base_name}`, whose memory they view "
             "(expanded or overlapping strides); .clone() them to store them"
         )
     size = base.element_size()
-    misaligned = [f"`{n}`" for n, t in cluster if (t.data_ptr() - lo) % size]
+    misaligned = [f"`{n}`" for n, _, start in cluster if (start - lo) % size]
     if misaligned:
         raise TieError(f"tensors {', '.join(misaligned)} start between two elements of `{base_name}`, whose memory "
                        "they share; .clone() them to store them")
     return {
-        name: View(name, base_name, (t.data_ptr() - lo) // size, tuple(t.shape), tuple(t.stride()))
-        for name, t in cluster
+        name: View(name, base_name, (start - lo) // size, tuple(t.shape), tuple(t.stride()))
+        for name, t, start in cluster
         if name != base_name
     }
 

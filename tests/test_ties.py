@@ -104,6 +104,24 @@ def test_tensors_over_the_same_memory_from_different_storages_are_tied_or_views(
     assert loaded["tail"][1] == -1.0
 
 
+@pytest.mark.parametrize("where", ["address", "storage"])
+def test_ties_and_views_by_storage_where_data_ptr_is_no_address(where: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # On MPS data_ptr() is a buffer handle: tensors are then placed by storage and offset. The CPU takes the
+    # same path here, so that path must find the same ties and views as addresses do.
+    from paramio import ties
+
+    if where == "storage":
+        monkeypatch.setattr(ties, "_place", ties._storage_place)
+    flat = torch.arange(24.0)
+    named = [("whole", flat), ("again", flat.view(24)), ("rows", flat.view(4, 6)[1:3]), ("col", flat.view(4, 6)[:, 2]),
+             ("apart", torch.arange(24.0)), ("other", torch.zeros(3))]
+    plan = ties.plan_ties(named)
+    assert [(g.canonical, g.aliases) for g in plan.ties] == [("whole", ("again",))]
+    assert [(v.name, v.base, v.offset, v.shape, v.stride) for v in plan.views] == [
+        ("rows", "whole", 6, (2, 6), (6, 1)), ("col", "whole", 2, (4,), (6,))]
+    assert plan.stored == ("whole", "apart", "other")
+
+
 def test_a_view_that_starts_inside_an_element_is_refused(tmp_path: Path) -> None:
     raw = np.zeros(40, dtype=np.uint8)
     whole = torch.from_numpy(raw.view(np.float32))
