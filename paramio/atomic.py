@@ -64,6 +64,7 @@ class Staging:
 
     def __init__(self, durable: bool = True) -> None:
         self.durable = durable
+        self._synced: set[str] = set()
         self._pending: list[tuple[Path, Path]] = []
         self._after: list[Callable[[], None]] = []
 
@@ -80,6 +81,7 @@ class Staging:
         fh.flush()
         if self.durable:
             os.fsync(fh.fileno())
+            self._synced.add(os.fspath(fh.name))
 
     def retarget(self, temp: Path, final: Path) -> None:
         """Commit ``temp`` under ``final`` instead: for a name known only once the file is written (ONNX
@@ -97,7 +99,7 @@ class Staging:
         when not durable)."""
         folders = set()
         for temp, _ in self._pending:
-            if self.durable and temp.exists():
+            if self.durable and os.fspath(temp) not in self._synced and temp.exists():
                 with open(temp, "rb+") as fh:
                     os.fsync(fh.fileno())
         for temp, final in reversed(self._pending):
@@ -131,7 +133,7 @@ def staged(durable: bool = True) -> Iterator[Staging]:
     staging = Staging(durable)
     try:
         yield staging
+        staging.commit()  # a rename that fails (a full disk, a vanished folder) removes the temporaries too
     except BaseException:
         staging.rollback()
         raise
-    staging.commit()

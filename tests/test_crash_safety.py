@@ -259,11 +259,17 @@ def test_durable_false_skips_the_fsyncs_but_still_replaces_the_file_whole(tmp_pa
     paramio.save(checkpoint(2), path, durable=False, **options)
     assert synced == []
     assert same_as(paramio.load(path), checkpoint(2)) and partials(tmp_path) == []
-    # a durable=False write that fails still leaves the previous file as it was
+    # a write that fails at its very end (the rename) leaves the previous file as it was, and no temporary
     before = path.read_bytes()
-    with pytest.raises(TypeError):
-        paramio.save({**checkpoint(3), "bad": "not a tensor"}, path, durable=False, **options)  # type: ignore[dict-item]
-    assert path.read_bytes() == before and partials(tmp_path) == []
+
+    def refuse(src, dst) -> None:  # noqa: ANN001
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", refuse)
+    for durable in (False, True):
+        with pytest.raises(FormatError, match="No space left"):
+            paramio.save(checkpoint(3), path, durable=durable, **options)
+        assert path.read_bytes() == before and partials(tmp_path) == []
 
 
 def test_convert_and_the_cli_take_durable_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -281,6 +287,9 @@ def test_convert_and_the_cli_take_durable_too(tmp_path: Path, monkeypatch: pytes
     assert synced == []
     assert same_as(paramio.load(tmp_path / "m.h5"), checkpoint(1)) and same_as(paramio.load(tmp_path / "m.pt"),
                                                                                 checkpoint(1))
+    result = CliRunner().invoke(app, ["export", str(src), "-o", str(tmp_path / "e.onnx"), "--no-durable"])
+    assert result.exit_code == 0 and synced == [], result.output
+    assert same_as(paramio.load(tmp_path / "e.onnx"), checkpoint(1))
     result = CliRunner().invoke(app, ["convert", str(src), str(tmp_path / "again.pt")])
     assert result.exit_code == 0 and synced, "durable is the default"
 
