@@ -69,15 +69,28 @@ def test_the_bytes_do_not_depend_on_the_file_name(tmp_path: Path) -> None:
         assert {name.split("/")[0] for name in archive.namelist()} == {"archive"}  # no temporary name inside
 
 
-def test_checksums_patched_in_after_torch_save_leave_a_sound_archive(tmp_path: Path) -> None:
+@pytest.mark.parametrize("finder", ["end of archive", "zipfile"])
+def test_checksums_patched_in_after_torch_save_leave_a_sound_archive(tmp_path: Path, finder: str,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     # The checksums of a .pt are computed while torch.save writes and put into its data.pkl after: every
-    # zip CRC must still hold and stock torch.load must see the real checksums.
+    # zip CRC must still hold and stock torch.load must see the real checksums. data.pkl is found from the
+    # end of the archive, or by zipfile for a layout that reading does not expect.
+    import paramio.formats.torch as torch_format
+
+    if finder == "zipfile":
+        monkeypatch.setattr(torch_format, "_first_record", lambda fh: None)
     tensors = {f"w{i}": torch.randn(1 << 16) for i in range(6)} | {"small": torch.ones(3)}
     tensors["tied"] = tensors["w0"]
     path = tmp_path / "m.pt"
     manifest = paramio.save(tensors, path)
     with zipfile.ZipFile(path) as archive:
-        assert archive.testzip() is None
+        assert archive.testzip() is None  # the data against the central directory's CRCs
+        info = next(i for i in archive.infolist() if i.filename.endswith("/data.pkl"))
+    # torch writes each record's CRC again after its data (a data descriptor), which zipfile does not read
+    raw = path.read_bytes()
+    name_length, extra_length = int.from_bytes(raw[26:28], "little"), int.from_bytes(raw[28:30], "little")
+    end = info.header_offset + 30 + name_length + extra_length + info.file_size
+    assert raw[end:end + 4] == b"PK\x07\x08" and int.from_bytes(raw[end + 4:end + 8], "little") == info.CRC
     stock = torch.load(path, weights_only=True)
     assert paramio.Manifest.from_json(stock._metadata["paramio.manifest"]) == manifest
     assert not any(t.checksum.endswith("0" * 16) for t in manifest.tensors)
@@ -85,6 +98,23 @@ def test_checksums_patched_in_after_torch_save_leave_a_sound_archive(tmp_path: P
     again = tmp_path / "again.pt"
     paramio.save(tensors, again)
     assert again.read_bytes() == path.read_bytes()
+
+
+def test_data_pkl_is_found_from_the_end_of_a_zip64_archive_too() -> None:
+    # torch.save (miniz) ends every archive with ZIP64 records before the classic end record; over 4 GiB
+    # the classic record's central directory offset is 0xFFFFFFFF and only the ZIP64 record has it.
+    from paramio.formats.torch import _first_record
+
+    buffer = io.BytesIO()
+    torch.save({"a": torch.ones(3)}, buffer)
+    plain = buffer.getvalue()
+    assert plain[-42:-38] == b"PK\x06\x07", "a ZIP64 locator before the end record"
+    expected = _first_record(io.BytesIO(plain))
+    assert expected is not None and expected.local == 0
+    zip64 = plain[:-6] + b"\xff\xff\xff\xff" + plain[-2:]
+    assert zipfile.ZipFile(io.BytesIO(zip64)).testzip() is None  # a sound archive
+    assert _first_record(io.BytesIO(zip64)) == expected
+    assert _first_record(io.BytesIO(plain + b"a comment-like tail")) is None  # another layout: zipfile's turn
 
 
 def test_slices_of_a_larger_storage_are_saved_alone(tmp_path: Path) -> None:
