@@ -98,9 +98,10 @@ def run_job(case: str, scale: str, fmt: str, side: str, action: str, folder: Pat
         call, touches = prepare(side, action, fmt, path, lambda: cases.state_dict(spec), dst, spec.nbytes)
         if touches or action == "convert":
             warm(path)
-        if action.startswith("save") or action == "convert":
+        if action.startswith(("save", "write")) or action == "convert":
             # Start from a clean page cache: the previous job's unsynced writes (stock tools and
-            # durable=False) would otherwise be written back during this one, whichever tool it times.
+            # durable=False) would otherwise be written back during this one, whichever tool (or machine
+            # limit) it times.
             os.sync()
         return measure(call, touches)
     except Exception as e:  # reported as a row, so that one broken format does not stop the run

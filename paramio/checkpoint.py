@@ -158,7 +158,10 @@ def collect(model: nn.Module, *, grads: bool = False, buffers: bool = True,
 
 def from_mapping(mapping: Mapping[str, torch.Tensor], *, metadata: Mapping[str, str] | None = None,
                  grads: Mapping[str, torch.Tensor] | None = None) -> Checkpoint:
-    """A checkpoint over a plain ``{name: tensor}`` dict; shared memory becomes tie groups and views."""
+    """A checkpoint over a plain ``{name: tensor}`` dict; shared memory becomes tie groups and views.
+
+    Tensors outside autograd are kept as given (they share memory with the checkpoint either way); others
+    are detached."""
     named = list(mapping.items())
     for name, t in named:
         if not isinstance(name, str) or not isinstance(t, torch.Tensor):

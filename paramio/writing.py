@@ -154,6 +154,14 @@ def _prepared(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return tensor if tensor.is_contiguous() else tensor.contiguous()
 
 
+def _cores() -> int:
+    """The cores this process may run on (its affinity, which containers set), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
 class _Hasher:
     """Writes a tensor and computes its checksum. For large tensors the hash runs in a second thread while
     the writer copies the same bytes to the file (xxhash and file writes both release the GIL), so the
@@ -173,8 +181,8 @@ class _Hasher:
         self._pool: ThreadPoolExecutor | None = None
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown()
+        if self._pool is not None:  # after a failure, the hashes still queued are not worth waiting for
+            self._pool.shutdown(cancel_futures=True)
 
     def _submit(self, buffer: object, workers: int) -> Future[str]:
         if self._pool is None:
@@ -190,7 +198,7 @@ class _Hasher:
             writer.write_tensor(entry, data)
             if buffer.nbytes < self.DEFERRED_MIN:
                 return digest(buffer, self._algorithm)
-            return self._submit(buffer, os.cpu_count() or 1)  # the buffer keeps the tensor's memory alive
+            return self._submit(buffer, _cores())  # the buffer keeps the tensor's memory alive
         if buffer.nbytes < self.THREAD_MIN:
             writer.write_tensor(entry, data)
             return digest(buffer, self._algorithm)
