@@ -113,10 +113,10 @@ def _build(
             raise TieError(f"tensor `{name}`: {e}") from e
         entries.append(
             TensorEntry(name=name, dtype=dtype, shape=tuple(t.shape), kind=kinds.get(name, "parameter"),
-                        requires_grad=bool(t.requires_grad))
+                        requires_grad=bool(t.requires_grad), checksum=None)
         )
     stored_grads = {}
-    for name in plan.stored:
+    for name in plan.stored if grads else ():
         grad = grads.get(name)
         if grad is not None:
             stored_grads[name] = grad.detach()

@@ -128,7 +128,10 @@ def _with_checksum(entry: TensorEntry, checksum: str | None) -> TensorEntry:
         return entry
     new = object.__new__(type(entry))  # what pydantic's own __copy__ does, minus its generic dispatch
     _setattr(new, "__dict__", {**entry.__dict__, "checksum": checksum})
-    _setattr(new, "__pydantic_fields_set__", _with_checksum_field(frozenset(entry.__pydantic_fields_set__)))
+    fields = entry.__pydantic_fields_set__
+    if "checksum" not in fields:  # else the set is already right, and shared (entries are frozen)
+        fields = _with_checksum_field(frozenset(fields))
+    _setattr(new, "__pydantic_fields_set__", fields)
     _setattr(new, "__pydantic_extra__", None)
     _setattr(new, "__pydantic_private__", None)
     return new

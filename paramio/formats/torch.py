@@ -63,13 +63,13 @@ class TorchWriter(Writer):
         self._tensors[entry.name] = tensor
 
     def finish(self, manifest: Manifest) -> None:
-        state = _state_dict(manifest, self._tensors)
+        self._written = manifest.to_json().encode("utf-8")
+        state = _state_dict(manifest, self._tensors, self._written.decode("utf-8"))
         # To an open file, not a path: torch.save names the zip's inner folder after the file's stem, which
         # would leak the temporary name into the bytes.
         with open(self.temp, "wb") as fh:
             torch.save(state, fh)
         self._tensors.clear()
-        self._written = manifest.to_json().encode("utf-8")
 
     def patch(self, manifest: Manifest) -> None:
         """Swap the manifest ``finish`` pickled for ``manifest`` (same length: only checksums differ) inside
@@ -192,7 +192,8 @@ def _record_by_zipfile(fh: BinaryIO) -> _Record:
     raise FormatError("internal error: no central directory entry for data.pkl")
 
 
-def _state_dict(manifest: Manifest, tensors: Mapping[str, torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
+def _state_dict(manifest: Manifest, tensors: Mapping[str, torch.Tensor],
+                manifest_json: str | None = None) -> OrderedDict[str, torch.Tensor]:
     """Stored tensors in manifest order, each followed by its views and aliases (a canonical always comes
     before its aliases, as in the model's own state dict)."""
     aliases: dict[str, list[str]] = {}
@@ -213,7 +214,8 @@ def _state_dict(manifest: Manifest, tensors: Mapping[str, torch.Tensor]) -> Orde
         put(entry.name, base)
         for view in views.get(entry.name, ()):
             put(view.name, base.as_strided(view.shape, view.stride, base.storage_offset() + view.offset))
-    state._metadata = OrderedDict([(MANIFEST_KEY, manifest.to_json())])  # type: ignore[attr-defined]
+    json_text = manifest.to_json() if manifest_json is None else manifest_json
+    state._metadata = OrderedDict([(MANIFEST_KEY, json_text)])  # type: ignore[attr-defined]
     return state
 
 
