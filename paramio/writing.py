@@ -176,7 +176,7 @@ class _Hasher:
 
     #: Below this many bytes a tensor is hashed in line.
     THREAD_MIN = 4 << 20
-    #: For a writer that keeps its tensors: below this many bytes a tensor is hashed in line.
+    #: For a writer that patches its checksums in: below this many bytes a tensor is hashed in line.
     DEFERRED_MIN = 256 << 10
 
     def __init__(self, algorithm: str | None) -> None:
