@@ -103,17 +103,18 @@ def _keyed_groups(named: Sequence[tuple[str, torch.Tensor]]) -> tuple[list[list[
     keys: list[tuple | None] = []
     for name, t in named:
         found = by_id.get(id(t))
-        key = _memory_key(t)
-        if found is None and key is not None:
-            found = by_key.get(key)
-        if found is None:
-            found = len(groups)
-            groups.append([])
-            keys.append(key)
+        if found is None:  # a new object (the same object again needs no key: it is in its group)
+            key = _memory_key(t)
+            if key is not None:
+                found = by_key.get(key)
+            if found is None:
+                found = len(groups)
+                groups.append([])
+                keys.append(key)
+            by_id[id(t)] = found
+            if key is not None:
+                by_key.setdefault(key, found)
         groups[found].append(name)
-        by_id.setdefault(id(t), found)
-        if key is not None:
-            by_key.setdefault(key, found)
     return groups, keys
 
 

@@ -370,7 +370,8 @@ class TorchReader(Reader):
             dtype_name(tensor.dtype)
         except ValueError as e:
             raise FormatError(f"{self.path}: tensor `{name}`: {e}") from e
-        return tensor.detach()
+        # Parameters and tensors that require grad come back detached; plain ones are already the caller's.
+        return tensor if type(tensor) is torch.Tensor and not tensor.requires_grad else tensor.detach()
 
     def contents(self) -> FileContents:
         return FileContents(
