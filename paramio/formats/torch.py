@@ -63,8 +63,9 @@ class TorchWriter(Writer):
         self._tensors[entry.name] = tensor
 
     def finish(self, manifest: Manifest) -> None:
-        self._written = manifest.to_json().encode("utf-8")
-        state = _state_dict(manifest, self._tensors, self._written.decode("utf-8"))
+        text = manifest.to_json()
+        self._written = text.encode("utf-8")  # what patch() looks for in data.pkl
+        state = _state_dict(manifest, self._tensors, text)
         # To an open file, not a path: torch.save names the zip's inner folder after the file's stem, which
         # would leak the temporary name into the bytes.
         with open(self.temp, "wb") as fh:
@@ -193,9 +194,10 @@ def _record_by_zipfile(fh: BinaryIO) -> _Record:
 
 
 def _state_dict(manifest: Manifest, tensors: Mapping[str, torch.Tensor],
-                manifest_json: str | None = None) -> OrderedDict[str, torch.Tensor]:
+                manifest_json: str) -> OrderedDict[str, torch.Tensor]:
     """Stored tensors in manifest order, each followed by its views and aliases (a canonical always comes
-    before its aliases, as in the model's own state dict)."""
+    before its aliases, as in the model's own state dict); ``manifest_json`` (the manifest's JSON, which the
+    caller keeps to patch) rides in ``_metadata``."""
     aliases: dict[str, list[str]] = {}
     for group in manifest.ties:
         aliases.setdefault(group.canonical, []).extend(group.aliases)
@@ -214,8 +216,7 @@ def _state_dict(manifest: Manifest, tensors: Mapping[str, torch.Tensor],
         put(entry.name, base)
         for view in views.get(entry.name, ()):
             put(view.name, base.as_strided(view.shape, view.stride, base.storage_offset() + view.offset))
-    json_text = manifest.to_json() if manifest_json is None else manifest_json
-    state._metadata = OrderedDict([(MANIFEST_KEY, json_text)])  # type: ignore[attr-defined]
+    state._metadata = OrderedDict([(MANIFEST_KEY, manifest_json)])  # type: ignore[attr-defined]
     return state
 
 
