@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import json
-import mmap
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from ..atomic import Staging
 from ..dtypes import torch_dtype
 from ..errors import FormatError
 from ..manifest import GRAD_PREFIX, Manifest, TensorEntry
+from ._mapped import MappedFile
 from .base import MANIFEST_KEY, FileContents, Format, Reader, StoredTensor, Writer
 
 __all__ = ["HDF5Format", "MANIFEST_KEY", "DTYPE_ATTR", "TENSORS", "GRADS"]
@@ -223,10 +223,12 @@ class HDF5Reader(Reader):
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
-        self._storage: torch.UntypedStorage | None = None
         try:
             self._file = h5py.File(self.path, "r")
-            self._size = os.fstat(self._file.id.get_vfd_handle()).st_size  # of the file opened, not the name
+            # The file HDF5 opened, not the name reopened: a writer may have replaced it since.
+            fd = self._file.id.get_vfd_handle()
+            self._size = os.fstat(fd).st_size
+            self._mapped = MappedFile(fd, self._size, owns_fd=False)
         except OSError as e:
             raise FormatError(f"{self.path}: not a readable HDF5 file (corrupt or truncated?): {e}") from e
         try:
@@ -420,17 +422,10 @@ class HDF5Reader(Reader):
         if prod(shape) == 0:
             return torch.empty(shape, dtype=dtype)
         if found.offset is not None:
-            if self._storage is None:
-                # Copy-on-write mapping of the whole file: pages are read when touched, edits stay private. The
-                # file HDF5 opened, not the name reopened: a writer may have replaced it since.
-                mapped = mmap.mmap(self._file.id.get_vfd_handle(), 0, access=mmap.ACCESS_COPY)
-                self._storage = torch.frombuffer(mapped, dtype=torch.uint8).untyped_storage()
-            raw = torch.empty(0, dtype=torch.uint8).set_(self._storage, found.offset, (prod(shape) * bits.itemsize,))
-            if dtype == torch.bool:
-                return (raw != 0).reshape(shape)  # a valid bool whatever the byte holds
-            if found.offset % bits.itemsize:
-                raw = raw.clone()  # unaligned for this dtype: an aligned copy
-            return raw.view(dtype).reshape(shape)
+            nbytes = prod(shape) * bits.itemsize
+            if dtype == torch.bool:  # a valid bool whatever the byte holds
+                return (self._mapped.tensor(found.offset, nbytes, torch.uint8) != 0).reshape(shape)
+            return self._mapped.tensor(found.offset, nbytes, dtype).view(shape)
         array = np.empty(shape, dtype=bits)
         try:
             h5d.open(found.group, found.leaf).read(h5s.ALL, h5s.ALL, array)  # h5py decodes filters, byte order

@@ -58,6 +58,7 @@ from ..dtypes import torch_dtype
 from ..errors import FormatError
 from ..manifest import Manifest, TensorEntry
 from ._protowire import LEN, field_header, fields, varint
+from ._mapped import ITEMSIZE, MappedFile
 from .base import MANIFEST_KEY, SKIPPED_KEY, FileContents, Format, Reader, StoredTensor, Writer
 
 __all__ = ["ONNXFormat", "ONNXReader", "ONNXWriter", "MANIFEST_KEY", "CONSTANTS_KEY", "SKIPPED_KEY", "PROTOBUF_LIMIT"]
@@ -73,8 +74,6 @@ CONTAINER_IR_VERSION = 10
 #: be memory-mapped on any platform (onnx's own save_model uses the same 64 KiB granularity).
 _ALIGN, _ALIGN_LARGE, _LARGE = 64, 65536, 1 << 20
 _MAX_RANK = 64
-#: Tensors of at least this many bytes are mapped on their own (and unmapped when freed), as safetensors.py.
-_OWN_MAP = 1 << 20
 #: Hex digits of the content hash in an external data file's name.
 _KEY_HEX = 16
 
@@ -99,7 +98,6 @@ _CODES: dict[str, int] = {
     "bool": TensorProto.BOOL,
 }
 _NAMES = {code: name for name, code in _CODES.items()}
-_ITEMSIZE = {name: torch.empty(0, dtype=torch_dtype(name)).element_size() for name in _CODES}
 #: onnxruntime has no complex tensor type: a container stores such tensors but does not output them.
 _NOT_RUNNABLE = {"complex64", "complex128"}
 #: Initializer names the torch exporters give to graph constants they create (TorchScript ``onnx::Op_N``
@@ -278,7 +276,7 @@ class ONNXWriter(Writer):
             return
         slots, offset = [], 0
         for entry in self.draft.tensors:
-            nbytes = entry.numel * _ITEMSIZE[entry.dtype]
+            nbytes = entry.numel * ITEMSIZE[entry.dtype]
             tensor = TensorProto(name=entry.name, data_type=_CODES[entry.dtype], dims=list(entry.shape))
             if nbytes:
                 offset += -offset % (_ALIGN_LARGE if nbytes >= _LARGE else _ALIGN)
@@ -304,14 +302,14 @@ class ONNXWriter(Writer):
         first size tried is that of a lower bound of the graph's size (its data and names), which is almost
         always the final one: one pass instead of two."""
         least = (len(self._graph_head) + len(self._constant_bytes) + len(self._graph_tail)
-                 + sum(entry.numel * _ITEMSIZE[entry.dtype] + len(entry.name) for entry in self.draft.tensors))
+                 + sum(entry.numel * ITEMSIZE[entry.dtype] + len(entry.name) for entry in self.draft.tensors))
         self._length_size = len(varint(least))
         while True:
             at = len(self._model_head) + 1 + self._length_size + len(self._graph_head)
             slots = []
             for entry in self.draft.tensors:
-                nbytes = entry.numel * _ITEMSIZE[entry.dtype]
-                prefix = _inline_prefix(entry, nbytes, at, _ITEMSIZE[entry.dtype])
+                nbytes = entry.numel * ITEMSIZE[entry.dtype]
+                prefix = _inline_prefix(entry, nbytes, at, ITEMSIZE[entry.dtype])
                 slots.append(_Slot(entry.name, prefix, nbytes, None))
                 at += len(prefix) + nbytes
             self._slots = slots
@@ -514,37 +512,6 @@ def _typed_count(proto: TensorProto, dtype: str) -> int:
     return len(proto.int32_data)
 
 
-class _Source:
-    """A file opened once (the model, or an external data file), mapped from its descriptor on demand: the
-    name is never opened again, so a file replaced meanwhile does not mix into what is read."""
-
-    def __init__(self, fd: int, size: int) -> None:
-        self.fd, self.size = fd, size
-        self._storage: torch.UntypedStorage | None = None
-
-    def tensor(self, start: int, nbytes: int, dtype: torch.dtype, itemsize: int) -> torch.Tensor:
-        """``nbytes`` bytes at ``start`` as a flat tensor of ``dtype``: mapped copy-on-write (pages are read
-        when touched, edits stay private); an aligned copy where ``start`` is not aligned for ``dtype``."""
-        if nbytes >= _OWN_MAP and not start % itemsize:
-            # A large tensor gets a mapping of its own, unmapped when the tensor is freed: streaming through
-            # a file (convert) then keeps one tensor's pages resident, not every page it has touched.
-            skip = start % mmap.ALLOCATIONGRANULARITY
-            own = mmap.mmap(self.fd, skip + nbytes, access=mmap.ACCESS_COPY, offset=start - skip)
-            return torch.frombuffer(own, dtype=dtype, offset=skip, count=nbytes // itemsize)
-        if self._storage is None:
-            whole = mmap.mmap(self.fd, 0, access=mmap.ACCESS_COPY)
-            self._storage = torch.frombuffer(whole, dtype=torch.uint8).untyped_storage()
-        data = torch.empty(0, dtype=torch.uint8).set_(self._storage, start, (nbytes,))
-        if start % itemsize:
-            data = data.clone()  # protobuf places bytes anywhere: an aligned copy for this dtype
-        return data.view(dtype)
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-
 class ONNXReader(Reader):
     """Walks the file's fields once (no tensor data read), then maps each tensor's bytes on demand from the
     files opened here (the model and its external data files)."""
@@ -552,7 +519,7 @@ class ONNXReader(Reader):
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         self._folder = self.path.parent.resolve()
-        self._sources: dict[Path, _Source] = {}
+        self._sources: dict[Path, MappedFile] = {}
         self._targets: dict[str, Path] = {}
         self._inits: dict[str, _Initializer] = {}
         self._graph_seen = False
@@ -569,7 +536,7 @@ class ONNXReader(Reader):
                 self._size = os.fstat(fh.fileno()).st_size
                 if self._size == 0:
                     raise self._fail("empty file (0 bytes)")
-                self._sources[self.path] = _Source(os.dup(fh.fileno()), self._size)
+                self._sources[self.path] = MappedFile(os.dup(fh.fileno()), self._size)
                 with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
                     rest = self._scan(buf)
         except OSError as e:
@@ -633,7 +600,7 @@ class ONNXReader(Reader):
         if dtype is None:
             return _Initializer(name, None, shape)
         numel = prod(shape)
-        nbytes = numel * _ITEMSIZE[dtype]
+        nbytes = numel * ITEMSIZE[dtype]
         if proto.data_location == TensorProto.EXTERNAL:
             return _Initializer(name, dtype, shape, external=self._external(name, proto, nbytes))
         if raw is not None:
@@ -681,7 +648,7 @@ class ONNXReader(Reader):
             raise FormatError(f"{self.path}: {where} file {location!r} is missing (it must lie beside the model)")
         return target
 
-    def _data_source(self, target: Path, where: str, location: str) -> _Source:
+    def _data_source(self, target: Path, where: str, location: str) -> MappedFile:
         """The data file ``target`` (inside the folder, checked), opened once; its size is that of the file
         opened, which is the one read later."""
         source = self._sources.get(target)
@@ -694,7 +661,7 @@ class ONNXReader(Reader):
                 raise FormatError(f"{self.path}: {where} file {location!r} cannot be opened: "
                                   f"{e.strerror or e}") from e
             info = os.fstat(fd)
-            source = self._sources[target] = _Source(fd, info.st_size)
+            source = self._sources[target] = MappedFile(fd, info.st_size)
             if not stat.S_ISREG(info.st_mode):
                 raise FormatError(f"{self.path}: {where} {location!r} is not a regular file")
         return source
@@ -776,9 +743,9 @@ class ONNXReader(Reader):
         if end == start:
             return torch.empty(init.shape, dtype=dtype)
         source = self._sources.get(file)
-        if source is None or source.fd < 0:
+        if source is None or source.closed:
             raise FormatError(f"{self.path}: read after close")
-        return source.tensor(start, end - start, dtype, _ITEMSIZE[init.dtype]).reshape(init.shape)
+        return source.tensor(start, end - start, dtype).view(init.shape)
 
     def close(self) -> None:
         for source in self._sources.values():

@@ -11,7 +11,6 @@ data is then mapped copy-on-write, like ``safe_open``.
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import struct
 from collections.abc import Mapping
@@ -22,9 +21,10 @@ import torch
 
 from ..atomic import Staging
 from ..checksum import tensor_bytes
-from ..dtypes import DTYPES, torch_dtype
+from ..dtypes import DTYPES
 from ..errors import FormatError
 from ..manifest import Manifest, TensorEntry
+from ._mapped import ITEMSIZE, MappedFile
 from .base import MANIFEST_KEY, FileContents, Format, Reader, StoredTensor, Writer
 
 __all__ = ["SafetensorsFormat", "MANIFEST_KEY", "HEADER_CAP"]
@@ -33,8 +33,6 @@ __all__ = ["SafetensorsFormat", "MANIFEST_KEY", "HEADER_CAP"]
 HEADER_CAP = 100_000_000
 _METADATA = "__metadata__"
 _BUFFER = 1 << 20
-#: Tensors of at least this many bytes are mapped on their own (and unmapped when freed).
-_OWN_MAP = 1 << 20
 
 # safetensors dtype code <-> manifest dtype name
 _CODES = {
@@ -44,7 +42,6 @@ _CODES = {
     "U64": "uint64", "U32": "uint32", "U16": "uint16", "U8": "uint8", "BOOL": "bool",
 }
 _DTYPE_CODES = {name: code for code, name in _CODES.items()}
-_ITEMSIZE = {name: torch.empty(0, dtype=torch_dtype(name)).element_size() for name in _CODES.values()}
 
 
 def _dumps(obj: object) -> str:
@@ -92,7 +89,7 @@ def _offsets(manifest: Manifest) -> list[tuple[int, int]]:
     for entry in manifest.tensors:
         if entry.dtype not in _DTYPE_CODES:
             raise FormatError(f"tensor `{entry.name}`: dtype {entry.dtype} has no safetensors code")
-        size = entry.numel * _ITEMSIZE[entry.dtype]
+        size = entry.numel * ITEMSIZE[entry.dtype]
         out.append((pos, pos + size))
         pos += size
     return out
@@ -135,15 +132,14 @@ class SafetensorsWriter(Writer):
 class SafetensorsReader(Reader):
     def __init__(self, path: Path) -> None:
         super().__init__(path)
-        self._storage: torch.UntypedStorage | None = None
         try:
             with open(self.path, "rb") as fh:
-                self._size = os.fstat(fh.fileno()).st_size
+                size = os.fstat(fh.fileno()).st_size
+                self._size = size
                 self._parse(fh)
-                # Mapped now, from the file as opened: a later read must not reopen the name, which a
-                # writer may have replaced meanwhile (old header, new data). Copy-on-write; nothing is read.
-                self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY) if self._size else None
-                self._fd = os.dup(fh.fileno())  # for the large tensors' own mappings (see read)
+                # Every later read maps the file opened here, never the name again: a writer may have replaced
+                # it meanwhile (old header, new data).
+                self._file = MappedFile(os.dup(fh.fileno()), size)
         except OSError as e:
             raise FormatError(f"{self.path}: cannot read: {e.strerror or e}") from e
 
@@ -210,7 +206,7 @@ class SafetensorsReader(Reader):
         begin, end = offsets
         if type(begin) is not int or type(end) is not int or not 0 <= begin <= end:
             raise self._fail(f"tensor `{name}`: data_offsets must be two ordered non-negative integers")
-        expected = numel * _ITEMSIZE[dtype]
+        expected = numel * ITEMSIZE[dtype]
         if end - begin != expected:
             raise self._fail(
                 f"tensor `{name}`: shape {shape} of {dtype} needs {expected} bytes, data_offsets give {end - begin}"
@@ -236,29 +232,11 @@ class SafetensorsReader(Reader):
         if found is None:
             raise FormatError(f"{self.path}: no tensor `{name}`")
         begin, end, stored = found
-        dtype = DTYPES[stored.dtype]
-        if end == begin:
-            return torch.empty(stored.shape, dtype=dtype)
-        start = self._data_start + begin
-        itemsize = _ITEMSIZE[stored.dtype]
-        if end - begin >= _OWN_MAP and not start % itemsize:
-            # A large tensor gets a mapping of its own, unmapped when the tensor is freed: streaming through
-            # a file (convert) then keeps one tensor's pages resident, not every page it has touched.
-            skip = start % mmap.ALLOCATIONGRANULARITY
-            own = mmap.mmap(self._fd, skip + end - begin, access=mmap.ACCESS_COPY, offset=start - skip)
-            return torch.frombuffer(own, dtype=dtype, offset=skip, count=(end - begin) // itemsize).view(stored.shape)
-        if self._storage is None:
-            # Copy-on-write mapping of the whole file: pages are read when touched, edits stay private.
-            self._storage = torch.frombuffer(self._map, dtype=torch.uint8).untyped_storage()
-        if start % itemsize:  # unaligned for this dtype: an aligned copy
-            raw = torch.empty(0, dtype=torch.uint8).set_(self._storage, start, (end - begin,))
-            return raw.clone().view(dtype).reshape(stored.shape)
-        return torch.empty(0, dtype=dtype).set_(self._storage, start // itemsize, stored.shape)
+        return self._file.tensor(self._data_start + begin, end - begin, DTYPES[stored.dtype]).view(stored.shape)
 
     def close(self) -> None:
-        if getattr(self, "_fd", -1) >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        if hasattr(self, "_file"):
+            self._file.close()
 
 
 class SafetensorsFormat(Format):
