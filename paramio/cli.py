@@ -40,7 +40,8 @@ from .dtypes import DTYPES
 from .errors import FormatError, ParamioError, TieError, UninitializedParameterError
 from .formats.registry import FORMATS, for_path
 from .manifest import Manifest, json_schemas
-from .reading import manifest_of, open_file, read_verified
+from .locations import open_source
+from .ties import view_of
 from .writing import parse_dtype
 
 __all__ = ["app", "main", "manifest_table", "tensor_stats", "EXIT_OK", "EXIT_FINDING", "EXIT_ERROR", "EXIT_BUG"]
@@ -380,17 +381,16 @@ def tensor_stats(tensor: torch.Tensor) -> dict[str, float | None]:
 def _read_stats(path: str) -> dict[str, dict[str, float | None]]:
     """Statistics of every stored tensor and view, reading one tensor at a time (checksums verified)."""
     out = {}
-    with open_file(path) as reader:
-        manifest = manifest_of(reader)
+    with open_source(path) as source:
+        manifest = source.manifest()
         views = {}
         for v in manifest.views:
             views.setdefault(v.base, []).append(v)
         for entry in manifest.tensors:
-            tensor = read_verified(reader, entry, True)
+            tensor = source.read_entry(entry, verify=True)
             out[entry.name] = tensor_stats(tensor)
             for v in views.get(entry.name, ()):
-                flat = tensor.reshape(-1)
-                out[v.name] = tensor_stats(flat.as_strided(v.shape, v.stride, flat.storage_offset() + v.offset))
+                out[v.name] = tensor_stats(view_of(tensor, v))
             del tensor
     return out
 

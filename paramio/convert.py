@@ -14,9 +14,8 @@ import torch
 from ._gc import paused_gc
 from .checkpoint import producer
 from .checksum import algorithm_of
-from .formats.registry import for_path
+from .locations import locate_output, open_source
 from .manifest import Manifest, TensorEntry
-from .reading import manifest_of, open_file, read_verified
 from .writing import cast_manifest, parse_dtype, write_stream
 
 __all__ = ["convert", "Progress"]
@@ -31,19 +30,19 @@ def convert(src: str | Path, dst: str | Path, *, format: str | None = None, dtyp
     """Convert ``src`` to ``dst`` (format from ``format`` or the suffix), keeping ties, views, metadata,
     gradients and checksums; ``dtype`` casts floating tensors; ``durable``: as for :func:`paramio.save`.
     Returns the manifest written."""
-    dst_format = for_path(dst, format)
-    with open_file(src) as reader:
-        source = manifest_of(reader)
-        target = cast_manifest(source, parse_dtype(dtype)).model_copy(update={"producer": producer()})
-        algorithms = {algorithm_of(t.checksum) for t in source.tensors if t.checksum}
+    location = locate_output(dst, format)
+    with open_source(src) as source:
+        manifest = source.manifest()
+        target = cast_manifest(manifest, parse_dtype(dtype)).model_copy(update={"producer": producer()})
+        algorithms = {algorithm_of(t.checksum) for t in manifest.tensors if t.checksum}
         checksum = algorithms.pop() if len(algorithms) == 1 else "default"
 
         def items() -> Iterator[tuple[TensorEntry, torch.Tensor]]:
-            for entry, out in zip(source.tensors, target.tensors):
-                tensor = read_verified(reader, entry, verify)
+            for entry, out in zip(manifest.tensors, target.tensors, strict=True):
+                tensor = source.read_entry(entry, verify=verify)
                 yield out, tensor
                 if progress is not None:
                     progress(entry.name, tensor.numel() * tensor.element_size())
                 del tensor
 
-        return write_stream(dst_format, dst, target, items(), checksum=checksum, durable=durable)
+        return write_stream(location, target, items(), checksum=checksum, durable=durable)

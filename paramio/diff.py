@@ -12,6 +12,7 @@ from torch import nn
 
 from .checkpoint import Checkpoint, collect, from_mapping
 from .reading import load
+from .ties import tie_differences, tie_partition
 
 __all__ = ["Diff", "TensorDiff", "diff"]
 
@@ -81,15 +82,6 @@ def _value_diff(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     return max_abs, rel
 
 
-def _tie_partition(ck: Checkpoint) -> dict[str, frozenset[str]]:
-    out = {n: frozenset([n]) for n in ck}
-    for g in ck.ties:
-        members = frozenset(g.names)
-        for n in members:
-            out[n] = members
-    return out
-
-
 def diff(a: object, b: object, *, tolerance: float = 0.0) -> Diff:
     """Compare ``a`` and ``b`` (paths in any format, checkpoints, models or mappings).
 
@@ -122,16 +114,8 @@ def diff(a: object, b: object, *, tolerance: float = 0.0) -> Diff:
             reason = "dtype" if x.dtype != y.dtype else "values"
             details[name] = TensorDiff(name, reason, max_abs, rel, sig_a, sig_b)
             changed.append(name)
-    pa, pb = _tie_partition(ca), _tie_partition(cb)
-    tie_lines = []
-    reported: set[frozenset[str]] = set()
-    for name in ca:
-        if name in cb:
-            ga, gb = frozenset(pa[name] & cb.keys()), frozenset(pb[name] & ca.keys())
-            if ga != gb and (ga | gb) not in reported:
-                reported.add(ga | gb)
-                tie_lines.append(f"`{name}`: tied to {{{', '.join(sorted(ga))}}} in A, "
-                                 f"{{{', '.join(sorted(gb))}}} in B")
+    tie_lines = [f"`{name}`: tied to {{{', '.join(sorted(ga))}}} in A, {{{', '.join(sorted(gb))}}} in B"
+                 for name, ga, gb in tie_differences(tie_partition(ca, ca.ties), tie_partition(cb, cb.ties))]
     return Diff(only_in_a=only_a, only_in_b=only_b, changed=tuple(changed), ties_changed=bool(tie_lines),
                 max_abs=overall, details=details, tie_differences=tuple(tie_lines),
                 metadata_changed=ca.metadata != cb.metadata)

@@ -1,160 +1,38 @@
-"""Opening checkpoint files: the format by suffix, the manifest (stored or derived), and tensors with
-identity restored."""
+"""Reading checkpoints: the manifest without tensor data, and whole checkpoints with identity restored
+(aliases the very same tensor object, views views of their base), from any location."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pydantic
 import torch
 
 from ._gc import paused_gc
-from .checksum import algorithm_of, digest, tensor_bytes
 from .checkpoint import Checkpoint
-from .dtypes import DTYPES, torch_dtype
-from .errors import FormatError, MissingFileError, ParamioError
-from .formats.base import FileContents, Reader
-from .formats.registry import for_path
-from .manifest import GRAD_PREFIX, Manifest, Producer, TensorEntry, TieGroup
+from .checksum import algorithm_of, digest, tensor_bytes
+from .locations import Source, open_source
+from .locations.base import checksum_mismatch
+from .manifest import GRAD_PREFIX, Manifest, TensorEntry
+from .ties import view_of
 
-__all__ = ["open_file", "manifest_of", "file_problems", "read_manifest", "load", "read_verified", "MAX_TENSORS",
-           "MAX_MANIFEST_BYTES"]
+__all__ = ["read_manifest", "load", "verify_all", "checkpoint_from"]
 
-#: Stored tensors one file may hold: far above real models (tens of thousands), far below what describing
-#: them would cost in memory.
-MAX_TENSORS = 1_000_000
-#: A paramio manifest longer than this is refused before it is parsed (the safetensors header cap).
-MAX_MANIFEST_BYTES = 100_000_000
 #: Tensors of at least this many bytes are verified in worker threads; smaller ones cost less in line.
 _THREAD_MIN = 1 << 20
 
 
-def _pydantic_summary(e: pydantic.ValidationError, limit: int = 3) -> str:
-    parts = []
-    for err in e.errors()[:limit]:
-        where = ".".join(str(p) for p in err["loc"])
-        parts.append(f"{where}: {err['msg']}" if where else err["msg"])
-    more = e.error_count() - limit
-    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
-
-
-@contextlib.contextmanager
-def open_file(path: str | Path, format: str | None = None) -> Iterator[Reader]:
-    """A reader for ``path``; every failure to open is a :class:`FormatError` naming the file."""
-    path = Path(path)
-    fmt = for_path(path, format)
-    if not path.exists():
-        raise MissingFileError(path)
-    if not path.is_file():
-        raise FormatError(f"{path}: not a regular file")
-    try:
-        reader = fmt.reader(path)
-    except ParamioError:
-        raise
-    except (OSError, ValueError, RuntimeError, KeyError, TypeError, MemoryError, RecursionError) as e:
-        raise FormatError(f"{path}: cannot read as {fmt.name}: {e}") from e
-    try:
-        yield reader
-    finally:
-        reader.close()
-
-
-def _derive(contents: FileContents) -> Manifest:
-    """A manifest for a file another tool wrote: its stored tensors, and its links as tie groups."""
-    stored = {s.name for s in contents.stored}
-    aliases: dict[str, list[str]] = {}
-    for alias, target in contents.links.items():
-        if target in stored and alias not in stored:
-            aliases.setdefault(target, []).append(alias)
-    entries = []
-    for s in contents.stored:
-        kind = s.kind or ("gradient" if s.name.startswith(GRAD_PREFIX) else "parameter")
-        requires_grad = kind == "parameter" and torch_dtype(s.dtype).is_floating_point
-        entries.append(TensorEntry(name=s.name, dtype=s.dtype, shape=s.shape, kind=kind, requires_grad=requires_grad))
-    ties = tuple(TieGroup(canonical=c, aliases=tuple(a)) for c, a in aliases.items())
-    return Manifest(producer=Producer(name=contents.producer), tensors=tuple(entries), ties=ties,
-                    metadata=dict(contents.metadata))
-
-
-def file_problems(contents: FileContents, manifest: Manifest) -> list[str]:
-    """Where the file's own structure disagrees with its manifest."""
-    problems = []
-    found = {s.name: s for s in contents.stored}
-    for entry in manifest.tensors:
-        s = found.pop(entry.name, None)
-        if s is None:
-            problems.append(f"tensor `{entry.name}`: in the manifest but not in the file")
-        elif (s.dtype, s.shape) != (entry.dtype, entry.shape):
-            problems.append(
-                f"tensor `{entry.name}`: the file stores {s.dtype}{list(s.shape)}, the manifest says "
-                f"{entry.dtype}{list(entry.shape)}"
-            )
-    problems += [f"tensor `{name}`: in the file but not in the manifest" for name in found]
-    expected = manifest.alias_map()
-    for alias, target in contents.links.items():
-        if expected.get(alias, target) != target:
-            problems.append(f"alias `{alias}`: the file links it to `{target}`, the manifest to `{expected[alias]}`")
-    return problems
-
-
-def manifest_of(reader: Reader, *, check: bool = True) -> Manifest:
-    """The file's paramio manifest, checked against the file, or one derived from the file."""
-    contents = reader.contents()
-    if len(contents.stored) > MAX_TENSORS:
-        raise FormatError(f"{reader.path}: {len(contents.stored)} tensors, more than the cap of {MAX_TENSORS}")
-    if contents.manifest_json is not None and len(contents.manifest_json) > MAX_MANIFEST_BYTES:
-        raise FormatError(f"{reader.path}: a {len(contents.manifest_json)}-character manifest, more than the cap "
-                          f"of {MAX_MANIFEST_BYTES}")
-    if contents.manifest_json is None:
-        try:
-            return _derive(contents)
-        except pydantic.ValidationError as e:
-            raise FormatError(f"{reader.path}: cannot describe the file's tensors: {_pydantic_summary(e)}") from e
-    try:
-        manifest = Manifest.from_json(contents.manifest_json)
-    except pydantic.ValidationError as e:
-        raise FormatError(f"{reader.path}: invalid paramio manifest: {_pydantic_summary(e)}") from e
-    if check:
-        problems = file_problems(contents, manifest)
-        if problems:
-            raise FormatError(f"{reader.path}: file and manifest disagree: {'; '.join(problems[:3])}")
-    return manifest
-
-
 @paused_gc
 def read_manifest(path: str | Path, *, format: str | None = None) -> Manifest:
-    """The manifest of a checkpoint file, reading no tensor data."""
-    with open_file(path, format) as reader:
-        return manifest_of(reader)
+    """The manifest of a checkpoint (any location), reading no tensor data."""
+    with open_source(path, format) as source:
+        return source.manifest()
 
 
-def read_verified(reader: Reader, entry: TensorEntry, verify: bool) -> torch.Tensor:
-    """One stored tensor, checked against its manifest entry (and checksum when ``verify``)."""
-    try:
-        tensor = reader.read(entry.name)
-    except ParamioError:
-        raise
-    except (OSError, ValueError, RuntimeError, KeyError, TypeError, MemoryError) as e:
-        raise FormatError(f"{reader.path}: tensor `{entry.name}`: cannot read: {e}") from e
-    if tensor.dtype != DTYPES[entry.dtype] or tensor.shape != entry.shape:
-        raise FormatError(f"{reader.path}: tensor `{entry.name}`: data does not match its manifest entry")
-    if verify and entry.checksum is not None:
-        actual = digest(tensor_bytes(tensor), algorithm_of(entry.checksum))
-        if actual != entry.checksum:
-            raise _mismatch(reader.path, entry.name)
-    return tensor
-
-
-def _mismatch(path: Path, name: str) -> FormatError:
-    return FormatError(f"{path}: tensor `{name}`: checksum mismatch (file corrupt or modified); "
-                       "load with verify=False to read it anyway")
-
-
-def _verify_all(path: Path, entries: Sequence[TensorEntry], tensors: Sequence[torch.Tensor]) -> None:
+def verify_all(source: Source, entries: Sequence[TensorEntry], tensors: Sequence[torch.Tensor]) -> None:
     """Check every checksum; large tensors are hashed on all cores (the hash releases the GIL, and on a
     mapped file it is also what reads the pages), largest first so that the threads finish together."""
     sums: dict[int, str] = {}
@@ -173,33 +51,38 @@ def _verify_all(path: Path, entries: Sequence[TensorEntry], tensors: Sequence[to
         sums.update((i, f.result()) for i, f in futures.items())
     for i, entry in enumerate(entries):  # the first mismatch in file order, whichever thread found it
         if entry.checksum is not None and sums[i] != entry.checksum:
-            raise _mismatch(path, entry.name)
+            raise checksum_mismatch(source.origin(entry.name), entry.name)
+
+
+def checkpoint_from(manifest: Manifest, stored: Sequence[torch.Tensor], device: torch.device | None = None
+                    ) -> Checkpoint:
+    """A checkpoint over the stored tensors (in manifest order): views rebuilt over their base, every alias
+    the very tensor object of its canonical."""
+    tensors: dict[str, torch.Tensor] = {}
+    grads: dict[str, torch.Tensor] = {}
+    for entry, tensor in zip(manifest.tensors, stored, strict=True):
+        if device is not None and tensor.device != device:
+            tensor = tensor.to(device)
+        if entry.kind == "gradient":
+            grads[entry.name[len(GRAD_PREFIX):]] = tensor
+        else:
+            tensors[entry.name] = tensor
+    for view in manifest.views:
+        tensors[view.name] = view_of(tensors[view.base], view)
+    for group in manifest.ties:
+        for alias in group.aliases:
+            tensors[alias] = tensors[group.canonical]
+    return Checkpoint(tensors, manifest, grads)
 
 
 @paused_gc
 def load(path: str | Path, *, device: str | torch.device = "cpu", verify: bool = True,
          format: str | None = None) -> Checkpoint:
-    """Every name in the file; aliases are the very same tensor object as their canonical."""
+    """Every name in the checkpoint; aliases are the very same tensor object as their canonical."""
     target = torch.device(device)
-    with open_file(path, format) as reader:
-        manifest = manifest_of(reader)
-        stored = [read_verified(reader, entry, False) for entry in manifest.tensors]
+    with open_source(path, format) as source:
+        manifest = source.manifest()
+        stored = [source.read_entry(entry, verify=False) for entry in manifest.tensors]
         if verify:
-            _verify_all(reader.path, manifest.tensors, stored)
-        tensors: dict[str, torch.Tensor] = {}
-        grads: dict[str, torch.Tensor] = {}
-        for entry, tensor in zip(manifest.tensors, stored):
-            if tensor.device != target:
-                tensor = tensor.to(target)
-            if entry.kind == "gradient":
-                grads[entry.name[len(GRAD_PREFIX):]] = tensor
-            else:
-                tensors[entry.name] = tensor
-        del stored
-    for view in manifest.views:
-        base = tensors[view.base]
-        tensors[view.name] = base.as_strided(view.shape, view.stride, base.storage_offset() + view.offset)
-    for group in manifest.ties:
-        for alias in group.aliases:
-            tensors[alias] = tensors[group.canonical]
-    return Checkpoint(tensors, manifest, grads)
+            verify_all(source, manifest.tensors, stored)
+        return checkpoint_from(manifest, stored, target)

@@ -12,16 +12,17 @@ is stored, the others are recorded as views into it. Any other overlap raises :c
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from .errors import TieError
-from .manifest import TieGroup
+from .manifest import TieGroup, ViewEntry
 
-__all__ = ["View", "TiePlan", "plan_ties", "find_ties", "identity_groups", "named_tensors"]
+__all__ = ["View", "TiePlan", "plan_ties", "find_ties", "identity_groups", "named_tensors", "view_of",
+           "tie_partition", "tie_differences"]
 
 
 @dataclass(frozen=True)
@@ -200,3 +201,35 @@ def plan_ties(named: Sequence[tuple[str, torch.Tensor]]) -> TiePlan:
 def find_ties(model_or_mapping: nn.Module | Mapping[str, torch.Tensor]) -> list[TieGroup]:
     """The tie groups of a module or a named mapping, canonical name first."""
     return list(plan_ties(named_tensors(model_or_mapping)).ties)
+
+
+def view_of(base: torch.Tensor, view: View | ViewEntry) -> torch.Tensor:
+    """The partial alias ``view`` rebuilt over ``base`` (offset and strides count the base's flat elements)."""
+    return base.as_strided(view.shape, view.stride, base.storage_offset() + view.offset)
+
+
+def tie_partition(names: Iterable[str], ties: Iterable[TieGroup]) -> dict[str, frozenset[str]]:
+    """name -> the set of names tied to it (itself included)."""
+    out = {n: frozenset([n]) for n in names}
+    for group in ties:
+        members = frozenset(group.names)
+        for n in members:
+            out[n] = members
+    return out
+
+
+def tie_differences(a: Mapping[str, frozenset[str]], b: Mapping[str, frozenset[str]]
+                    ) -> list[tuple[str, frozenset[str], frozenset[str]]]:
+    """``(name, tied in a, tied in b)`` for each name in both whose ties differ (restricted to the names both
+    have), once per difference, in ``a``'s order."""
+    out = []
+    reported: set[frozenset[str]] = set()
+    common: Collection[str] = b.keys()
+    for name, group in a.items():
+        if name not in common:
+            continue
+        ga, gb = frozenset(group & common), frozenset(b[name] & a.keys())
+        if ga != gb and (ga | gb) not in reported:
+            reported.add(ga | gb)
+            out.append((name, ga, gb))
+    return out

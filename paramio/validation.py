@@ -10,9 +10,10 @@ import pydantic
 from torch import nn
 
 from .checkpoint import collect
-from .errors import FormatError, ParamioError
+from .errors import FormatError, MissingFileError, ParamioError
+from .locations import open_source
 from .manifest import Manifest, Signature
-from .reading import file_problems, manifest_of, open_file, read_verified
+from .ties import tie_differences, tie_partition
 
 __all__ = ["Report", "signature", "compare_signatures", "validate", "load_signature"]
 
@@ -36,8 +37,6 @@ def load_signature(path: str | Path) -> Signature:
     try:
         return Signature.from_json(path.read_bytes())
     except FileNotFoundError as e:
-        from .errors import MissingFileError
-
         raise MissingFileError(path) from e
     except OSError as e:
         raise FormatError(f"{path}: cannot read: {e.strerror or e}") from e
@@ -48,26 +47,17 @@ def load_signature(path: str | Path) -> Signature:
 def signature(model_or_path: nn.Module | str | Path | Signature) -> Signature:
     """The identity of a model or checkpoint file: names, dtypes, shapes, kinds, views and ties.
 
-    A ``.json`` path is read as a saved signature.
+    A ``.json`` path (other than a sharded folder's ``*.index.json``) is read as a saved signature.
     """
     if isinstance(model_or_path, Signature):
         return model_or_path
     if isinstance(model_or_path, nn.Module):
         return collect(model_or_path).manifest.signature()
-    if Path(model_or_path).suffix.lower() == ".json":
+    name = Path(model_or_path).name.lower()
+    if name.endswith(".json") and not name.endswith(".index.json"):
         return load_signature(model_or_path)
-    with open_file(model_or_path) as reader:
-        return manifest_of(reader).signature()
-
-
-def _partition(sig: Signature) -> dict[str, frozenset[str]]:
-    """name -> the set of names tied to it (itself included)."""
-    out = {n: frozenset([n]) for n in sig.shapes()}
-    for g in sig.ties:
-        members = frozenset(g.names)
-        for n in members:
-            out[n] = members
-    return out
+    with open_source(model_or_path) as source:
+        return source.manifest().signature()
 
 
 def compare_signatures(expected: Signature, actual: Signature, *, kinds: bool = True) -> list[str]:
@@ -86,18 +76,8 @@ def compare_signatures(expected: Signature, actual: Signature, *, kinds: bool = 
         for t in actual.tensors:
             if t.name in want_kind and want_kind[t.name] != t.kind:
                 problems.append(f"tensor `{t.name}`: a {t.kind}, expected a {want_kind[t.name]}")
-    want_ties, have_ties = _partition(expected), _partition(actual)
-    reported: set[frozenset[str]] = set()
-    for name in want:
-        if name not in have:
-            continue
-        a = frozenset(want_ties[name] & have.keys())
-        b = frozenset(have_ties[name] & want.keys())
-        if a != b and (a | b) not in reported:
-            reported.add(a | b)
-            problems.append(
-                f"ties of `{name}`: expected {{{', '.join(sorted(a))}}}, found {{{', '.join(sorted(b))}}}"
-            )
+    for name, a, b in tie_differences(tie_partition(want, expected.ties), tie_partition(have, actual.ties)):
+        problems.append(f"ties of `{name}`: expected {{{', '.join(sorted(a))}}}, found {{{', '.join(sorted(b))}}}")
     return problems
 
 
@@ -117,23 +97,21 @@ def validate(path: str | Path, against: nn.Module | Signature | str | Path | Non
     """
     expected = _against(against) if against is not None else None
     problems: list[str] = []
-    with open_file(path) as reader:
-        contents = reader.contents()
+    with open_source(path) as source:
         try:
-            manifest = manifest_of(reader, check=False)
+            manifest = source.manifest(check=False)
         except FormatError as e:
             return Report(str(path), (str(e),), None)
-        problems += file_problems(contents, manifest)
-        stored = {s.name for s in contents.stored}
+        problems += source.problems()
+        stored = source.stored_names()
         for entry in manifest.tensors:
             if entry.name not in stored:
                 continue
             try:
-                read_verified(reader, entry, verify)
+                source.read_entry(entry, verify=verify)
             except ParamioError as e:
                 problems.append(str(e))
+        derived = not source.has_manifest or manifest.model_class is None
     if expected is not None:
-        actual = manifest.signature()
-        derived = contents.manifest_json is None or manifest.model_class is None
-        problems += compare_signatures(expected, actual, kinds=not derived)
+        problems += compare_signatures(expected, manifest.signature(), kinds=not derived)
     return Report(str(path), tuple(problems), manifest)

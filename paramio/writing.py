@@ -3,10 +3,7 @@ through a format's writer atomically, one tensor at a time, checksumming on the 
 
 from __future__ import annotations
 
-import functools
-import os
 from collections.abc import Iterable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +13,11 @@ from torch import nn
 from ._gc import paused_gc
 from .atomic import staged
 from .checkpoint import Checkpoint, collect, from_mapping
-from .checksum import digest, placeholder, resolve, tensor_bytes
+from .checksum import resolve
 from .dtypes import DTYPES, dtype_name, is_floating
 from .errors import FormatError, ParamioError
-from .formats.base import Format, Writer
-from .formats.registry import for_path
+from .formats.registry import by_name
+from .locations import Location, locate_output, open_sink
 from .manifest import Manifest, TensorEntry
 
 __all__ = ["save", "write_stream", "as_checkpoint", "cast_manifest", "parse_dtype"]
@@ -68,83 +65,43 @@ def as_checkpoint(obj: nn.Module | Mapping[str, torch.Tensor] | Checkpoint, *, g
 
 
 @paused_gc
-def write_stream(fmt: type[Format], path: str | Path, manifest: Manifest,
-                 items: Iterable[tuple[TensorEntry, torch.Tensor]], *, checksum: str | None = "default",
-                 options: Mapping[str, Any] | None = None, durable: bool = True) -> Manifest:
-    """Write ``items`` (in manifest order) to ``path`` atomically; return the manifest with checksums.
+def write_stream(location: Location, manifest: Manifest, items: Iterable[tuple[TensorEntry, torch.Tensor]], *,
+                 checksum: str | None = "default", options: Mapping[str, Any] | None = None,
+                 durable: bool = True) -> Manifest:
+    """Write ``items`` (in manifest order) to ``location`` atomically; return the manifest with checksums.
 
     Tensors are cast to their entry's dtype and moved to the CPU one at a time, so a stream that reads
     lazily (``convert``) holds a single tensor in memory. ``durable``: see :mod:`paramio.atomic`.
     """
-    path = Path(path)
     algorithm = resolve(checksum)
-    mark = placeholder(algorithm) if algorithm else None
-    draft = manifest.model_copy(update={"tensors": tuple(_with_checksum(t, mark) for t in manifest.tensors)})
-    sums: list[str | Future[str] | None] = []
-    hasher = _Hasher(algorithm)
+    entries = manifest.tensors
     try:
         with staged(durable) as staging:
-            temp = staging.temp_for(path)
-            writer = fmt.writer(temp, path, staging, draft, dict(options or {}))
+            sink = open_sink(location, staging, manifest, algorithm, dict(options or {}))
             try:
+                count = 0
                 for entry, tensor in items:
-                    expected = draft.tensors[len(sums)]
-                    if entry.name != expected.name:
-                        raise FormatError(f"internal error: tensor `{entry.name}` given where `{expected.name}` was due")
+                    expected = entries[count] if count < len(entries) else None
+                    if expected is None or entry.name != expected.name:
+                        due = f"`{expected.name}` was due" if expected else "the manifest lists no more"
+                        raise FormatError(f"internal error: tensor `{entry.name}` given where {due}")
                     data = _prepared(tensor, DTYPES[expected.dtype])
                     if data.shape != expected.shape:
-                        raise FormatError(f"tensor `{entry.name}`: shape {tuple(data.shape)}, manifest says {expected.shape}")
-                    sums.append(hasher.write(writer, expected, data))
+                        raise FormatError(f"tensor `{entry.name}`: shape {tuple(data.shape)}, manifest says "
+                                          f"{expected.shape}")
+                    sink.write(expected, data)
+                    count += 1
                     del data
-                if len(sums) != len(draft.tensors):
+                if count != len(entries):
                     raise FormatError("internal error: fewer tensors given than the manifest lists")
-                if writer.patches_checksums:
-                    writer.finish(draft)  # while the hash threads finish
-                final = draft.model_copy(update={"tensors": tuple(
-                    _with_checksum(t, sum_.result() if isinstance(sum_, Future) else sum_)
-                    for t, sum_ in zip(draft.tensors, sums))})
-                if writer.patches_checksums:
-                    if algorithm is not None:
-                        writer.patch(final)
-                else:
-                    writer.finish(final)
+                return sink.finish()
             except BaseException:
-                writer.abort()
+                sink.abort()
                 raise
     except ParamioError:
         raise
     except OSError as e:
-        raise FormatError(f"{path}: cannot write: {e.strerror or e}") from e
-    finally:
-        hasher.close()
-    return final
-
-
-def _with_checksum(entry: TensorEntry, checksum: str | None) -> TensorEntry:
-    """``entry`` with another checksum. Checksums come from :func:`digest` or :func:`placeholder`, so they are
-    valid by construction: a plain copy, not ``model_copy(update=...)``, which costs three times as much (it
-    matters with tens of thousands of tensors)."""
-    if entry.checksum == checksum:
-        return entry
-    new = object.__new__(type(entry))  # what pydantic's own __copy__ does, minus its generic dispatch
-    _setattr(new, "__dict__", {**entry.__dict__, "checksum": checksum})
-    fields = entry.__pydantic_fields_set__
-    if "checksum" not in fields:  # else the set is already right, and shared (entries are frozen)
-        fields = _with_checksum_field(frozenset(fields))
-    _setattr(new, "__pydantic_fields_set__", fields)
-    _setattr(new, "__pydantic_extra__", None)
-    _setattr(new, "__pydantic_private__", None)
-    return new
-
-
-_setattr = object.__setattr__
-
-
-@functools.lru_cache(maxsize=64)
-def _with_checksum_field(fields: frozenset[str]) -> set[str]:
-    """One shared "fields set" per combination (entries are frozen, and pydantic copies the set before it
-    changes one): a set per entry cost 470 bytes, 9 MB for 20,000 tensors."""
-    return set(fields | {"checksum"})
+        raise FormatError(f"{location}: cannot write: {e.strerror or e}") from e
 
 
 def _prepared(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -157,62 +114,6 @@ def _prepared(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return tensor if tensor.is_contiguous() else tensor.contiguous()
 
 
-def _cores() -> int:
-    """The cores this process may run on (its affinity, which containers set), not the machine's."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not on Linux
-        return os.cpu_count() or 1
-
-
-class _Hasher:
-    """Writes a tensor and computes its checksum. For large tensors the hash runs in a second thread while
-    the writer copies the same bytes to the file (xxhash and file writes both release the GIL), so the
-    checksum costs next to nothing; small ones are hashed in line, where a thread would cost more.
-
-    A writer that keeps every tensor until ``finish`` (``.pt``) writes nothing meanwhile, so there is no
-    write to overlap there: :meth:`write` returns a future, the tensors are hashed on all cores while
-    ``finish`` writes the file with placeholders, and the caller patches the checksums in after."""
-
-    #: Below this many bytes a tensor is hashed in line.
-    THREAD_MIN = 4 << 20
-    #: For a writer that patches its checksums in: below this many bytes a tensor is hashed in line.
-    DEFERRED_MIN = 256 << 10
-
-    def __init__(self, algorithm: str | None) -> None:
-        self._algorithm = algorithm
-        self._pool: ThreadPoolExecutor | None = None
-
-    def close(self) -> None:
-        if self._pool is not None:  # after a failure, the hashes still queued are not worth waiting for
-            self._pool.shutdown(cancel_futures=True)
-
-    def _submit(self, buffer: object, workers: int) -> Future[str]:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(workers, thread_name_prefix="paramio-hash")
-        return self._pool.submit(digest, buffer, self._algorithm)
-
-    def write(self, writer: Writer, entry: TensorEntry, data: torch.Tensor) -> str | Future[str] | None:
-        if self._algorithm is None:
-            writer.write_tensor(entry, data)
-            return None
-        buffer = tensor_bytes(data)
-        if writer.patches_checksums:
-            writer.write_tensor(entry, data)
-            if buffer.nbytes < self.DEFERRED_MIN:
-                return digest(buffer, self._algorithm)
-            return self._submit(buffer, _cores())  # the buffer keeps the tensor's memory alive
-        if buffer.nbytes < self.THREAD_MIN:
-            writer.write_tensor(entry, data)
-            return digest(buffer, self._algorithm)
-        future = self._submit(buffer, 1)
-        try:
-            writer.write_tensor(entry, data)
-        finally:
-            sum_ = future.result()  # never leave the thread reading a tensor that is about to be dropped
-        return sum_
-
-
 @paused_gc
 def save(obj: nn.Module | Mapping[str, torch.Tensor] | Checkpoint, path: str | Path, *,
          format: str | None = None, example_inputs: Any = None, grads: bool = False,
@@ -223,12 +124,12 @@ def save(obj: nn.Module | Mapping[str, torch.Tensor] | Checkpoint, path: str | P
     ``durable=False`` skips the fsync before the file replaces ``path``: the write is still atomic for the
     processes that read it and across a crash of this one, not across a power loss (see
     :mod:`paramio.atomic`)."""
-    fmt = for_path(path, format)
-    unknown = set(options) - set(fmt.options)
+    location = locate_output(path, format)
+    unknown = set(options) - set(by_name(location.format).options)
     if unknown:
-        raise TypeError(f"save() got options {sorted(unknown)} that format {fmt.name} does not take")
+        raise TypeError(f"save() got options {sorted(unknown)} that format {location.format} does not take")
     ck = as_checkpoint(obj, grads=grads, metadata=metadata)
     manifest = cast_manifest(ck.manifest, parse_dtype(dtype))
     opts = {**options, "example_inputs": example_inputs,
             "model": obj if isinstance(obj, nn.Module) else None}
-    return write_stream(fmt, path, manifest, ck.stored(), checksum=checksum, options=opts, durable=durable)
+    return write_stream(location, manifest, ck.stored(), checksum=checksum, options=opts, durable=durable)

@@ -299,15 +299,15 @@ def test_convert_and_the_cli_take_durable_too(tmp_path: Path, monkeypatch: pytes
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_a_reader_reads_the_file_it_opened_even_if_it_is_replaced(tmp_path: Path, fmt: str) -> None:
-    from paramio.reading import manifest_of, open_file, read_verified
+    from paramio.locations import open_source
 
     path = tmp_path / f"model{SUFFIX[fmt]}"
     old, new = checkpoint(1), checkpoint(2)
     paramio.save(old, path)
-    with open_file(path) as reader:
-        manifest = manifest_of(reader)
+    with open_source(path) as source:
+        manifest = source.manifest()
         paramio.save(new, path)  # atomically replaces the file under the open reader
-        read = {e.name: read_verified(reader, e, True) for e in manifest.tensors}
+        read = {e.name: source.read_entry(e, verify=True) for e in manifest.tensors}
     assert all(bits_equal(read[n], old[n]) for n in read)
     assert same_as(paramio.load(path), new)
 

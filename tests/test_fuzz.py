@@ -25,7 +25,7 @@ import pytest
 import torch
 
 import paramio
-import paramio.reading
+import paramio.limits
 from paramio.errors import FormatError
 from paramio.examples import tiny_lm
 
@@ -203,11 +203,11 @@ def test_tensor_count_and_manifest_size_caps(tmp_path: Path, fmt: str, monkeypat
     path = tmp_path / f"five{SUFFIX[fmt]}"
     paramio.save({f"t{i}": torch.full((2,), float(i)) for i in range(5)}, path)
     assert len(paramio.load(path)) == 5
-    monkeypatch.setattr(paramio.reading, "MAX_TENSORS", 4)
+    monkeypatch.setattr(paramio.limits, "MAX_TENSORS", 4)
     with pytest.raises(FormatError, match="5 tensors, more than the cap of 4"):
         paramio.load(path)
-    monkeypatch.setattr(paramio.reading, "MAX_TENSORS", 5)
-    monkeypatch.setattr(paramio.reading, "MAX_MANIFEST_BYTES", 200)
+    monkeypatch.setattr(paramio.limits, "MAX_TENSORS", 5)
+    monkeypatch.setattr(paramio.limits, "MAX_MANIFEST_BYTES", 200)
     with pytest.raises(FormatError, match="manifest, more than the cap of 200"):
         paramio.read_manifest(path)
     assert not paramio.validate(path).ok

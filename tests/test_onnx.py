@@ -625,15 +625,15 @@ def test_every_truncation_of_a_graph_file_is_a_format_error(tmp_path: Path) -> N
 
 
 def test_a_reader_keeps_the_external_data_it_opened_when_a_save_replaces_and_removes_it(tmp_path: Path) -> None:
-    from paramio.reading import manifest_of, open_file, read_verified
+    from paramio.locations import open_source
 
     path = tmp_path / "m.onnx"
     old, new = {"w": torch.zeros(1 << 19), "b": torch.zeros(7)}, {"w": torch.ones(1 << 19), "b": torch.ones(7)}
     paramio.save(old, path, external_data=True)
-    with open_file(path) as reader:
-        manifest = manifest_of(reader)
+    with open_source(path) as source:
+        manifest = source.manifest()
         paramio.save(new, path, external_data=True)  # a new data file; the old one is removed
         assert len(list(tmp_path.glob("m.onnx.*.data"))) == 1
-        read = {e.name: read_verified(reader, e, True) for e in manifest.tensors}
+        read = {e.name: source.read_entry(e, verify=True) for e in manifest.tensors}
     assert all(same(read[k], v) for k, v in old.items())
     assert all(same(paramio.load(path)[k], v) for k, v in new.items())

@@ -64,8 +64,10 @@ class FileContents:
     """What a reader found, before any tensor data is read.
 
     ``links`` maps names the file links to a stored tensor (safetensors alias metadata, HDF5 hard links,
-    storage shared in a ``.pt``) to that stored name, in the file's own order; the core turns them into tie
-    groups when the file has no paramio manifest.
+    ONNX initializers on one external byte range) to that stored name, in the file's own order; the core
+    turns them into tie groups when the file has no paramio manifest. ``memory``: for a file whose tensors a
+    stock loader has already put in memory (``.pt``), every name with its tensor; ``stored`` then lists every
+    name, and the core finds which of them share storage (the same rule as saving), so no reader decides ties.
     """
 
     producer: str
@@ -73,6 +75,7 @@ class FileContents:
     links: Mapping[str, str] = field(default_factory=dict)
     manifest_json: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
+    memory: Mapping[str, torch.Tensor] | None = None
 
 
 class Reader(abc.ABC):
@@ -131,20 +134,21 @@ class Writer(abc.ABC):
         """Close whatever is open; the core deletes the temporary files."""
 
 
-class Format(abc.ABC):
-    """A file format: its name, suffixes, and factories for its reader and writer."""
+class Format:
+    """A file format: its name, suffixes, options, and its reader and writer classes."""
 
     name: ClassVar[str]
     suffixes: ClassVar[tuple[str, ...]]
     #: Options ``save`` accepts for this format beyond the common ones (e.g. ``example_inputs`` for ONNX).
     options: ClassVar[tuple[str, ...]] = ()
+    reader_class: ClassVar[type[Reader]]
+    writer_class: ClassVar[type[Writer]]
 
     @classmethod
-    @abc.abstractmethod
-    def reader(cls, path: Path) -> Reader: ...
+    def reader(cls, path: Path) -> Reader:
+        return cls.reader_class(path)
 
     @classmethod
-    @abc.abstractmethod
-    def writer(
-        cls, temp: Path, final: Path, staging: Staging, draft: Manifest, options: Mapping[str, Any]
-    ) -> Writer: ...
+    def writer(cls, temp: Path, final: Path, staging: Staging, draft: Manifest, options: Mapping[str, Any]
+               ) -> Writer:
+        return cls.writer_class(temp, final, staging, draft, options)

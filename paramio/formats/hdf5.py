@@ -449,11 +449,5 @@ class HDF5Format(Format):
     suffixes = (".h5", ".hdf5")
     options = ("compression", "compression_opts", "fletcher32", "shuffle")
 
-    @classmethod
-    def reader(cls, path: Path) -> HDF5Reader:
-        return HDF5Reader(path)
-
-    @classmethod
-    def writer(cls, temp: Path, final: Path, staging: Staging, draft: Manifest,
-               options: Mapping[str, Any]) -> HDF5Writer:
-        return HDF5Writer(temp, final, staging, draft, options)
+    reader_class = HDF5Reader
+    writer_class = HDF5Writer

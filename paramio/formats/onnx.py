@@ -760,11 +760,5 @@ class ONNXFormat(Format):
     #: (None: only over the 2 GB limit); dynamic_shapes: passed to torch.onnx.export.
     options = ("example_inputs", "external_data", "dynamic_shapes")
 
-    @classmethod
-    def reader(cls, path: Path) -> ONNXReader:
-        return ONNXReader(path)
-
-    @classmethod
-    def writer(cls, temp: Path, final: Path, staging: Staging, draft: Manifest,
-               options: Mapping[str, Any]) -> ONNXWriter:
-        return ONNXWriter(temp, final, staging, draft, options)
+    reader_class = ONNXReader
+    writer_class = ONNXWriter

@@ -243,11 +243,5 @@ class SafetensorsFormat(Format):
     name = "safetensors"
     suffixes = (".safetensors",)
 
-    @classmethod
-    def reader(cls, path: Path) -> SafetensorsReader:
-        return SafetensorsReader(path)
-
-    @classmethod
-    def writer(cls, temp: Path, final: Path, staging: Staging, draft: Manifest,
-               options: Mapping[str, Any]) -> SafetensorsWriter:
-        return SafetensorsWriter(temp, final, staging, draft, options)
+    reader_class = SafetensorsReader
+    writer_class = SafetensorsWriter

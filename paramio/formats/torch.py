@@ -33,9 +33,8 @@ import torch
 
 from ..atomic import Staging
 from ..dtypes import dtype_name
-from ..errors import FormatError, TieError
+from ..errors import FormatError
 from ..manifest import Manifest, TensorEntry, ViewEntry
-from ..ties import plan_ties
 from .base import MANIFEST_KEY, SKIPPED_KEY, FileContents, Format, Reader, StoredTensor, Writer
 
 __all__ = ["TorchFormat", "MANIFEST_KEY", "SKIPPED_KEY"]
@@ -252,22 +251,7 @@ class TorchReader(Reader):
         else:
             self._check_legacy()
         obj = self._load(zipped)
-        tensors, skipped, manifest_json = self._flatten(obj)
-        try:
-            plan = plan_ties(list(tensors.items()))
-        except TieError as e:
-            raise FormatError(f"{self.path}: {e}") from e
-        if plan.views and manifest_json is None:
-            views = ", ".join(f"`{v.name}` (a view of `{v.base}`)" for v in plan.views)
-            raise FormatError(
-                f"{self.path}: {views} share memory without being the same tensor (partial aliases), which a file "
-                "without a paramio manifest cannot describe; load it with torch.load and save it with "
-                "paramio.save, which stores them as views"
-            )
-        self._tensors = {name: tensors[name] for name in plan.stored}
-        self._links = {alias: group.canonical for group in plan.ties for alias in group.aliases
-                       if group.canonical in self._tensors}
-        self._manifest_json = manifest_json
+        self._tensors, skipped, self._manifest_json = self._flatten(obj)
         self._metadata = {SKIPPED_KEY: json.dumps(skipped)} if skipped else {}
 
     def _check_zip(self) -> None:
@@ -375,12 +359,13 @@ class TorchReader(Reader):
         return tensor if type(tensor) is torch.Tensor and not tensor.requires_grad else tensor.detach()
 
     def contents(self) -> FileContents:
+        """Every name the file holds; which of them share storage (ties, views) the core decides."""
         return FileContents(
             producer="torch",
             stored=tuple(StoredTensor(n, dtype_name(t.dtype), tuple(t.shape)) for n, t in self._tensors.items()),
-            links=dict(self._links),
             manifest_json=self._manifest_json,
             metadata=dict(self._metadata),
+            memory=self._tensors,
         )
 
     def read(self, name: str) -> torch.Tensor:
@@ -516,11 +501,5 @@ class TorchFormat(Format):
     name = "torch"
     suffixes = (".pt", ".pth", ".bin")
 
-    @classmethod
-    def reader(cls, path: Path) -> TorchReader:
-        return TorchReader(path)
-
-    @classmethod
-    def writer(cls, temp: Path, final: Path, staging: Staging, draft: Manifest,
-               options: Mapping[str, Any]) -> TorchWriter:
-        return TorchWriter(temp, final, staging, draft, options)
+    reader_class = TorchReader
+    writer_class = TorchWriter
