@@ -10,7 +10,7 @@ from torch import nn
 
 import paramio
 from paramio.errors import ValidationError
-from paramio.examples import tied_mlp, tiny_lm
+from paramio.examples import TinyLM, tied_mlp, tiny_lm
 
 from .conftest import untied_lm, untied_mlp
 
@@ -113,3 +113,105 @@ def test_untied_loader_silently_unties_but_paramio_does_not(seed_file: Path) -> 
     ours = untied_mlp()
     paramio.load_into(ours, seed_file)
     assert ours[2].weight is ours[4].weight
+
+
+# -- models built on the meta device (how big models are built) ---------------------------------------------
+@pytest.mark.parametrize("suffix", [".safetensors", ".h5", ".onnx", ".pt"])
+def test_meta_device_model_is_materialized_on_the_cpu_with_its_ties(tmp_path: Path, suffix: str) -> None:
+    model = tiny_lm()
+    path = tmp_path / f"lm{suffix}"
+    paramio.save(model, path)
+    with torch.device("meta"):
+        empty = TinyLM()
+    assert empty.embed.weight.is_meta and empty.head.weight is empty.embed.weight
+    report = paramio.load_into(empty, path)
+    assert set(report.materialized) == {"embed.weight", "pos", "norm.weight", "norm.bias", "mlp.0.weight",
+                                        "mlp.0.bias", "mlp.2.weight", "mlp.2.bias", "causal_mask"}
+    assert not any(t.is_meta for t in empty.state_dict().values())
+    assert all(t.device.type == "cpu" for t in empty.state_dict().values())
+    assert empty.head.weight is empty.embed.weight and isinstance(empty.embed.weight, nn.Parameter)
+    assert empty.embed.weight.requires_grad and not empty.causal_mask.requires_grad
+    tokens = torch.randint(0, 32, (2, 8))
+    torch.testing.assert_close(empty(tokens), model(tokens), rtol=0, atol=0)
+    empty(tokens).sum().backward()  # one Parameter: the tied weight's gradient is the sum of both uses
+    assert empty.embed.weight.grad is empty.head.weight.grad
+
+
+def test_meta_parameters_are_each_allocated_once_and_own_their_memory(tmp_path: Path) -> None:
+    model = tied_mlp()
+    path = tmp_path / "mlp.safetensors"
+    paramio.save(model, path)
+    with torch.device("meta"):
+        empty = untied_mlp()
+    paramio.load_into(empty, path)
+    assert empty[2].weight is empty[4].weight  # the file's tie applied to the untied meta model
+    pointers = [p.data_ptr() for p in empty.parameters()]
+    assert len(set(pointers)) == len(pointers) == 6
+    loaded = paramio.load(path)
+    # the model's memory is its own, not the file's mapping: editing the model leaves a fresh load unchanged
+    with torch.no_grad():
+        empty[0].weight.fill_(7.0)
+    assert not torch.equal(paramio.load(path)["0.weight"], empty[0].weight)
+    assert all(p.untyped_storage().data_ptr() != t.untyped_storage().data_ptr()
+               for p, t in zip(empty.state_dict().values(), loaded.values()))
+
+
+def test_meta_model_with_a_wrong_shape_is_refused_and_stays_on_meta(seed_file: Path) -> None:
+    with torch.device("meta"):
+        wrong = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(),
+                              nn.Linear(8, 3))
+    with pytest.raises(ValidationError, match="6.weight"):
+        paramio.load_into(wrong, seed_file)
+    assert all(p.is_meta for p in wrong.parameters())
+
+
+# -- model ties that a checkpoint stores as two copies (DCP, and tools that clone the head) ------------------
+def test_model_tie_stored_as_equal_copies_is_restored(tmp_path: Path) -> None:
+    model = tiny_lm()
+    copies = {k: v.clone() for k, v in model.state_dict().items()}  # head.weight: an equal copy, no tie recorded
+    path = tmp_path / "copies.safetensors"
+    paramio.save(copies, path)
+    assert paramio.read_manifest(path).ties == ()
+    fresh = untied_lm()
+    fresh.head.weight = fresh.embed.weight  # the model declares the tie
+    report = paramio.load_into(fresh, path)
+    assert ("head.weight", "embed.weight") in report.retied
+    assert fresh.head.weight is fresh.embed.weight
+    assert torch.equal(fresh.embed.weight, model.embed.weight)
+
+
+def test_model_tie_stored_as_different_copies_is_a_mismatch_naming_both(tmp_path: Path) -> None:
+    model = tiny_lm()
+    copies = {k: v.clone() for k, v in model.state_dict().items()}
+    copies["head.weight"][0, 0] += 1  # training broke the tie
+    path = tmp_path / "broken.safetensors"
+    paramio.save(copies, path)
+    fresh = tiny_lm(seed=5)
+    before = fresh.embed.weight.detach().clone()
+    with pytest.raises(ValidationError, match="different values") as info:
+        paramio.load_into(fresh, path)
+    assert "`embed.weight`, `head.weight`" in info.value.problems[0]
+    assert torch.equal(fresh.embed.weight, before)
+    report = paramio.load_into(fresh, path, strict=False)  # loads from the first name, keeps the model's tie
+    assert not report.ok and fresh.head.weight is fresh.embed.weight
+
+
+# -- a corrupt file leaves the model as it was ----------------------------------------------------------------
+def test_a_checksum_failure_in_the_last_tensor_leaves_the_model_unchanged(tmp_path: Path) -> None:
+    model = tiny_lm()
+    path = tmp_path / "lm.safetensors"
+    paramio.save(model, path)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # the causal mask, read last
+    path.write_bytes(bytes(data))
+    fresh = untied_lm()
+    before = {k: v.detach().clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(paramio.errors.FormatError, match="checksum mismatch"):
+        paramio.load_into(fresh, path)
+    assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
+    assert fresh.head.weight is not fresh.embed.weight
+    with torch.device("meta"):
+        empty = untied_lm()
+    with pytest.raises(paramio.errors.FormatError, match="checksum mismatch"):
+        paramio.load_into(empty, path)
+    assert all(t.is_meta for t in empty.state_dict().values())
