@@ -75,7 +75,7 @@ def test_checksums_patched_in_after_torch_save_leave_a_sound_archive(tmp_path: P
     # The checksums of a .pt are computed while torch.save writes and put into its data.pkl after: every
     # zip CRC must still hold and stock torch.load must see the real checksums. data.pkl is found from the
     # end of the archive, or by zipfile for a layout that reading does not expect.
-    import paramio.formats.torch as torch_format
+    import paramio.formats.torch.zippatch as torch_format
 
     if finder == "zipfile":
         monkeypatch.setattr(torch_format, "_first_record", lambda fh: None)
@@ -103,7 +103,7 @@ def test_checksums_patched_in_after_torch_save_leave_a_sound_archive(tmp_path: P
 def test_data_pkl_is_found_from_the_end_of_a_zip64_archive_too() -> None:
     # torch.save (miniz) ends every archive with ZIP64 records before the classic end record; over 4 GiB
     # the classic record's central directory offset is 0xFFFFFFFF and only the ZIP64 record has it.
-    from paramio.formats.torch import _first_record
+    from paramio.formats.torch.zippatch import _first_record
 
     buffer = io.BytesIO()
     torch.save({"a": torch.ones(3)}, buffer)

@@ -1,0 +1,200 @@
+"""Reading ``.pt``: ``torch.load(weights_only=True)`` only, memory-mapped where the file is a zip archive,
+every file opened once; plain state dicts and training checkpoints flattened to dotted names. Which names
+share storage (ties, views) the core decides from the tensors in memory (``FileContents.memory``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import warnings
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from ... import limits
+from ...dtypes import dtype_name
+from ...errors import FormatError
+from ..base import MANIFEST_KEY, SKIPPED_KEY, FileContents, Reader, StoredTensor
+from .legacy import Bounded, legacy_storage_bytes
+
+__all__ = ["TorchReader"]
+
+#: Keys under which training checkpoints keep the model's state dict.
+_WRAPPERS = ("state_dict", "model")
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+class TorchReader(Reader):
+    """Unpickles at open; zip files are memory-mapped, so no tensor data is read until touched."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        try:
+            # Every step reads the file opened here, never the name again: a writer may replace it meanwhile
+            # (torch.load(mmap=True) opens a path twice: the zip, then the mapping).
+            self._fh = open(self.path, "rb")
+            self._source = f"/proc/self/fd/{self._fh.fileno()}" if os.path.isdir("/proc/self/fd") else str(path)
+        except OSError as e:
+            raise FormatError(f"{self.path}: cannot read: {e.strerror or e}") from e
+        try:
+            self._read_all()
+        except BaseException:
+            self._fh.close()
+            raise
+
+    def _read_all(self) -> None:
+        try:
+            with open(self._source, "rb") as fh:
+                magic = fh.read(4)
+        except OSError as e:
+            raise FormatError(f"{self.path}: cannot read: {e.strerror or e}") from e
+        if not magic:
+            raise FormatError(f"{self.path}: empty file, not a PyTorch checkpoint")
+        zipped = magic == _ZIP_MAGIC
+        if zipped:
+            self._check_zip()
+        else:
+            self._check_legacy()
+        obj = self._load(zipped)
+        self._tensors, skipped, self._manifest_json = self._flatten(obj)
+        self._metadata = {SKIPPED_KEY: json.dumps(skipped)} if skipped else {}
+
+    def _check_zip(self) -> None:
+        """Bounds-check the archive's records before torch maps them."""
+        size = os.stat(self._source).st_size
+        try:
+            with zipfile.ZipFile(self._source) as archive:
+                records = archive.infolist()
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+            raise FormatError(f"{self.path}: not a readable PyTorch checkpoint: corrupt or truncated zip archive "
+                              f"({e})") from e
+        for info in records:
+            if info.header_offset + info.compress_size > size:
+                raise FormatError(f"{self.path}: record `{info.filename}` runs past the end of the file "
+                                  f"({size} bytes; truncated?)")
+
+    def _check_legacy(self) -> None:
+        """Bound a legacy (pre-zip) file's storages by its size: torch allocates each storage at the size the
+        pickle claims before reading its data, so a crafted 1 kB file could ask for terabytes."""
+        size = os.stat(self._source).st_size
+        try:
+            with open(self._source, "rb") as fh:
+                claimed = legacy_storage_bytes(Bounded(fh, size))
+        except (ValueError, IndexError, EOFError, KeyError, TypeError, OverflowError) as e:
+            raise FormatError(f"{self.path}: not a readable PyTorch checkpoint (neither a zip archive nor a legacy "
+                              f"torch.save pickle), corrupt or truncated: {e}") from e
+        if claimed > size:
+            raise FormatError(f"{self.path}: its storages claim {claimed} bytes but the file holds {size} "
+                              "(corrupt or truncated legacy checkpoint)")
+
+    def _load(self, zipped: bool) -> object:
+        """``torch.load(weights_only=True)``; mmap needs the zip format (legacy files are read whole)."""
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # torch's notes on legacy files and pickle protocols
+                if zipped:
+                    return torch.load(self._source, map_location="cpu", weights_only=True, mmap=True)
+                with open(self._source, "rb") as fh:  # the unpickler allocates a string's claimed length first
+                    return torch.load(Bounded(fh, os.fstat(fh.fileno()).st_size), map_location="cpu",
+                                      weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise FormatError(
+                f"{self.path}: refused by torch.load(weights_only=True) ({_reason(e)}); paramio never runs code "
+                "from a pickle: it reads only tensors and plain containers"
+            ) from e
+        except Exception as e:  # noqa: BLE001 - torch raises anything (RuntimeError, EOFError, KeyError ...)
+            what = "" if zipped else " (neither a zip archive nor a legacy torch.save pickle?)"
+            raise FormatError(f"{self.path}: not a readable PyTorch checkpoint{what}, corrupt or truncated: "
+                              f"{_reason(e)}") from e
+
+    def _flatten(self, obj: object) -> tuple[dict[str, torch.Tensor], list[str], str | None]:
+        """(dotted name -> tensor, skipped names, manifest JSON) for a state dict or a training checkpoint."""
+        if not isinstance(obj, Mapping):
+            raise FormatError(f"{self.path}: holds a {type(obj).__name__}, not a state dict (a mapping of names "
+                              "to tensors)")
+        skipped: list[str] = []
+        root: Mapping = obj
+        if not all(isinstance(v, torch.Tensor) for v in obj.values()):
+            key = next((k for k in _WRAPPERS if isinstance(obj.get(k), Mapping)), None)
+            if key is not None:
+                root = obj[key]
+                skipped = [str(k) for k in obj if k != key]
+        manifest_json = getattr(root, "_metadata", None)
+        manifest_json = manifest_json.get(MANIFEST_KEY) if isinstance(manifest_json, Mapping) else None
+        if manifest_json is not None and not isinstance(manifest_json, str):
+            raise FormatError(f"{self.path}: _metadata[{MANIFEST_KEY!r}] is not a string")
+        tensors: dict[str, torch.Tensor] = {}
+        detached: dict[int, torch.Tensor] = {}  # one detached tensor per object: identity ties empty tensors
+        stack = [("", iter(root.items()))]  # depth first, keeping the file's order
+        while stack:
+            prefix, items = stack[-1]
+            entry = next(items, None)
+            if entry is None:
+                stack.pop()
+                continue
+            key, value = entry
+            if not isinstance(key, (str, int)) or isinstance(key, bool):
+                raise FormatError(f"{self.path}: key {key!r} below `{prefix or '(top)'}` is not a name")
+            name = f"{prefix}{key}"
+            if isinstance(value, torch.Tensor):
+                if not 0 < len(name) <= limits.MAX_NAME:
+                    raise FormatError(f"{self.path}: tensor name {name[:40]!r}: a name has 1 to {limits.MAX_NAME} "
+                                      "characters")
+                if name in tensors:
+                    raise FormatError(f"{self.path}: two entries flatten to the name `{name}`")
+                if id(value) not in detached:
+                    detached[id(value)] = self._check(name, value)
+                tensors[name] = detached[id(value)]
+            elif isinstance(value, Mapping):
+                stack.append((f"{name}.", iter(value.items())))
+            else:
+                skipped.append(name)
+        return tensors, skipped, manifest_json
+
+    def _check(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.layout != torch.strided or tensor.is_quantized:
+            kind = "quantized" if tensor.is_quantized else f"a {tensor.layout} tensor"
+            raise FormatError(f"{self.path}: tensor `{name}` is {kind}; paramio stores dense tensors only (call "
+                              ".to_dense() or .dequantize() before saving)")
+        try:
+            dtype_name(tensor.dtype)
+        except ValueError as e:
+            raise FormatError(f"{self.path}: tensor `{name}`: {e}") from e
+        # Parameters and tensors that require grad come back detached; plain ones are already the caller's.
+        return tensor if type(tensor) is torch.Tensor and not tensor.requires_grad else tensor.detach()
+
+    def contents(self) -> FileContents:
+        """Every name the file holds; which of them share storage (ties, views) the core decides."""
+        return FileContents(
+            producer="torch",
+            stored=tuple(StoredTensor(n, dtype_name(t.dtype), tuple(t.shape)) for n, t in self._tensors.items()),
+            manifest_json=self._manifest_json,
+            metadata=dict(self._metadata),
+            memory=self._tensors,
+        )
+
+    def read(self, name: str) -> torch.Tensor:
+        try:
+            return self._tensors[name]
+        except KeyError:
+            raise FormatError(f"{self.path}: no tensor `{name}`") from None
+
+    def close(self) -> None:
+        self._tensors = {}
+        self._fh.close()
+
+
+def _reason(e: BaseException) -> str:
+    """One line from torch's (often multi-paragraph) error: the sentences that say what went wrong."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    keep = []
+    for line in lines:
+        if line.startswith(("Weights only load failed", "Check the documentation")):
+            continue
+        _, marker, rest = line.partition("WeightsUnpickler error:")
+        keep.append(rest.strip() if marker else line)
+    text = " ".join(k for k in keep if k) or (lines[0] if lines else type(e).__name__)
+    return text if len(text) <= 200 else text[:199] + "…"
