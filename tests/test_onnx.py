@@ -19,6 +19,7 @@ from torch import nn
 
 import paramio
 import paramio.formats.onnx as onnx_format
+import paramio.formats.onnx.writer as onnx_writer
 from paramio.errors import FormatError
 from paramio.examples import tied_mlp, tiny_lm
 
@@ -346,7 +347,7 @@ def test_external_data_is_named_by_content_and_the_previous_one_removed(tmp_path
 
 def test_external_data_is_chosen_automatically_over_the_protobuf_limit(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(onnx_format, "PROTOBUF_LIMIT", 4096)  # stands in for 2 GB
+    monkeypatch.setattr(onnx_writer, "PROTOBUF_LIMIT", 4096)  # stands in for 2 GB
     big = {"a": torch.randn(1000), "b": torch.arange(10)}
     path = tmp_path / "big.onnx"
     paramio.save(big, path)

@@ -31,9 +31,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..dtypes import torch_dtype
-from ..errors import FormatError
-from ..manifest import Manifest
+from ...dtypes import torch_dtype
+from ...errors import FormatError
+from ...manifest import Manifest
 
 __all__ = ["export_graph"]
 
