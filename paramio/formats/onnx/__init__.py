@@ -2,7 +2,7 @@
 ``metadata_props["paramio.manifest"]``.
 
 With ``example_inputs`` (and a model) the file is the model's exported graph, runnable in onnxruntime; the
-graph's uses of an alias refer to the canonical initializer (see ``_onnx_export``). Without them it is a
+graph's uses of an alias refer to the canonical initializer (see ``export``). Without them it is a
 *weights container*: a graph with no inputs whose outputs are each stored tensor through an ``Identity``
 node, so that stock ONNX tools can both load and run it.
 
