@@ -48,4 +48,7 @@ def test_make_demo_restores_every_tie(tmp_path: Path, capsys: pytest.CaptureFixt
     out = capsys.readouterr().out
     assert "model[2].weight is model[4].weight" in out and "model.embed.weight is model.head.weight" in out
     assert "False" not in out.replace("(before loading: False)", "")
-    assert (tmp_path / "tied_mlp.safetensors").exists() and (tmp_path / "tiny_lm.safetensors").exists()
+    written = {p.name for p in tmp_path.iterdir()}
+    for case in ("tied_mlp", "tiny_lm"):  # every format, for each example
+        for suffix in (".safetensors", ".h5", ".onnx", ".pt"):
+            assert f"{case}{suffix}" in written, sorted(written)

@@ -1,0 +1,40 @@
+"""``paramio convert IN OUT``: one tensor at a time, ties kept, a progress bar on a terminal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+import paramio
+
+from ...display import summary
+from ..app import app
+from ..options import DtypeOption, Durable, FormatName
+from ..render import progress, status
+
+__all__ = ["convert"]
+
+
+def _total_bytes(src: Path) -> int:
+    from ...dtypes import DTYPES
+
+    return sum(t.numel * DTYPES[t.dtype].itemsize for t in paramio.read_manifest(src).tensors)
+
+
+@app.command()
+def convert(
+    src: Annotated[Path, typer.Argument(metavar="IN", help="The file to read.", show_default=False)],
+    dst: Annotated[Path, typer.Argument(metavar="OUT", help="The file to write; its suffix picks the format.",
+                                        show_default=False)],
+    dtype: DtypeOption = None,
+    format: Annotated[FormatName | None, typer.Option("--format", "-f", help="DST's format, if not the suffix's.")
+                      ] = None,
+    durable: Durable = True,
+) -> None:
+    """Convert SRC to DST one tensor at a time, ties kept (a progress bar on a terminal)."""
+    with progress(lambda: _total_bytes(src)) as advance:
+        manifest = paramio.convert(src, dst, format=format.value if format else None, dtype=dtype,
+                                   progress=advance, durable=durable)
+    status(f"wrote {dst}: {summary(manifest)}")
