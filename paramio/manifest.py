@@ -105,7 +105,7 @@ class ViewEntry(StrictBase):
         """Elements of the base the view reaches: its last element's index + 1 (0 when empty)."""
         if prod(self.shape) == 0:
             return 0
-        return self.offset + sum((n - 1) * s for n, s in zip(self.shape, self.stride)) + 1
+        return self.offset + sum((n - 1) * s for n, s in zip(self.shape, self.stride, strict=True)) + 1
 
 
 class TieGroup(StrictBase):

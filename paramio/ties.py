@@ -92,7 +92,7 @@ def _extent(t: torch.Tensor) -> int:
     """Bytes from a non-empty tensor's first element to the end of its last one."""
     if t.is_contiguous():
         return t.nbytes
-    return (sum((n - 1) * s for n, s in zip(t.shape, t.stride())) + 1) * t.element_size()
+    return (sum((n - 1) * s for n, s in zip(t.shape, t.stride(), strict=True)) + 1) * t.element_size()
 
 
 def _keyed_groups(named: Sequence[tuple[str, torch.Tensor]]) -> tuple[list[list[str]], list[tuple | None]]:
@@ -191,7 +191,7 @@ def plan_ties(named: Sequence[tuple[str, torch.Tensor]]) -> TiePlan:
     """Split named tensors into stored tensors, tie groups and views (see the module docstring)."""
     lookup = dict(named)
     groups, keys = _keyed_groups(named)
-    views = _partial_views([(g[0], lookup[g[0]], key) for g, key in zip(groups, keys)])
+    views = _partial_views([(g[0], lookup[g[0]], key) for g, key in zip(groups, keys, strict=True)])
     ties = tuple(TieGroup(canonical=g[0], aliases=tuple(g[1:])) for g in groups if len(g) > 1)
     stored = tuple(g[0] for g in groups if g[0] not in views)
     ordered_views = tuple(views[g[0]] for g in groups if g[0] in views)

@@ -39,11 +39,12 @@ import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from paramio.formats.registry import SUFFIX
+
 __all__ = ["SUFFIX", "BAD", "MARKER", "EVIL", "write_seeds", "make_case", "check_file", "evil_pickle", "zip_build",
            "WorkerPool", "campaign", "describe", "main"]
 
 ROOT = Path(__file__).resolve().parent.parent
-SUFFIX = {"safetensors": ".safetensors", "hdf5": ".h5", "onnx": ".onnx", "torch": ".pt"}
 #: Outcomes that fail a campaign.
 BAD = ("bug", "crash", "hang", "memory", "unnamed", "ran-code")
 MARKER = "PWNED"

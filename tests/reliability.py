@@ -13,12 +13,10 @@ import os
 import torch
 from hypothesis import HealthCheck, settings
 
-from paramio.formats.registry import FORMATS
+from paramio.formats.registry import FORMATS, SUFFIX
 
 __all__ = ["SUFFIX", "formats_present", "PROFILE", "bits_equal"]
 
-#: One suffix per format, the one the tests write.
-SUFFIX = {"safetensors": ".safetensors", "hdf5": ".h5", "onnx": ".onnx", "torch": ".pt"}
 
 _SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
 settings.register_profile("paramio", max_examples=25, deadline=None, suppress_health_check=_SLOW_OK,

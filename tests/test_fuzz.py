@@ -70,6 +70,7 @@ def fuzzed(pool: WorkerPool, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     return campaign(FORMATS, CASES, base_seed=BASE_SEED, workdir=tmp_path_factory.mktemp("fuzz"), pool=pool)
 
 
+@pytest.mark.slow  # the campaign: ~1,150 mutated files through every read path in capped workers
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_mutated_files_give_paramio_errors_or_verified_data(fuzzed: dict[str, list[dict]], fmt: str) -> None:
     results = fuzzed[fmt]

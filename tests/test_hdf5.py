@@ -115,6 +115,7 @@ def test_a_name_that_is_also_a_group_is_refused_before_writing(tmp_path: Path) -
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_20000_tensors_and_a_large_manifest(tmp_path: Path) -> None:
     """The manifest outgrows HDF5's 64 KiB compact attribute limit; dense attribute storage holds it."""
     path = tmp_path / "many.h5"

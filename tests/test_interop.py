@@ -130,7 +130,8 @@ def test_onnx_and_onnxruntime_open_paramio_files(tmp_path: Path) -> None:
     paramio.save(model, weights, external_data=True)
     stock = {t.name: numpy_helper.to_array(t) for t in onnx.load(weights).graph.initializer}
     assert all(np.array_equal(v, state[k].numpy()) for k, v in stock.items())
-    outputs = {o.name: v for o, v in zip(_session(weights).get_outputs(), _session(weights).run(None, {}))}
+    session = _session(weights)
+    outputs = {o.name: v for o, v in zip(session.get_outputs(), session.run(None, {}), strict=True)}
     assert np.array_equal(outputs["embed.weight:out"], state["embed.weight"].numpy())
 
 

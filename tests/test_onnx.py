@@ -40,7 +40,7 @@ def session(path: Path) -> ort.InferenceSession:
 
 def run(path: Path, *inputs: torch.Tensor) -> list[np.ndarray]:
     sess = session(path)
-    return sess.run(None, {i.name: x.numpy() for i, x in zip(sess.get_inputs(), inputs)})
+    return sess.run(None, {i.name: x.numpy() for i, x in zip(sess.get_inputs(), inputs, strict=True)})
 
 
 def props(proto: onnx.ModelProto) -> dict[str, str]:
@@ -258,7 +258,7 @@ def test_weights_container_outputs_every_stored_tensor(tmp_path: Path) -> None:
     onnx.checker.check_model(str(path), full_check=True)
     sess = session(path)
     assert sess.get_inputs() == []
-    outputs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {})))
+    outputs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {}), strict=True))
     stored = [t.name for t in manifest.tensors]
     assert list(outputs) == [f"{n}:out" for n in stored]
     state = model.state_dict()

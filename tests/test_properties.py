@@ -129,7 +129,7 @@ def _same_view(t: torch.Tensor) -> object:
 
 def _span(t: torch.Tensor) -> tuple[int, int, int]:
     """(storage, first byte, past the last byte) that a non-empty tensor reaches."""
-    last = t.storage_offset() + sum((n - 1) * s for n, s in zip(t.shape, t.stride()))
+    last = t.storage_offset() + sum((n - 1) * s for n, s in zip(t.shape, t.stride(), strict=True))
     return t.untyped_storage().data_ptr(), t.storage_offset() * t.element_size(), (last + 1) * t.element_size()
 
 

@@ -153,7 +153,7 @@ def test_meta_parameters_are_each_allocated_once_and_own_their_memory(tmp_path: 
         empty[0].weight.fill_(7.0)
     assert not torch.equal(paramio.load(path)["0.weight"], empty[0].weight)
     assert all(p.untyped_storage().data_ptr() != t.untyped_storage().data_ptr()
-               for p, t in zip(empty.state_dict().values(), loaded.values()))
+               for p, t in zip(empty.state_dict().values(), loaded.values(), strict=True))
 
 
 def test_meta_model_with_a_wrong_shape_is_refused_and_stays_on_meta(seed_file: Path) -> None:

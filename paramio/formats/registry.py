@@ -8,7 +8,7 @@ from pathlib import Path
 from ..errors import FormatError
 from .base import Format
 
-__all__ = ["FORMATS", "SUFFIXES", "by_name", "for_path"]
+__all__ = ["FORMATS", "SUFFIXES", "SUFFIX", "by_name", "for_path"]
 
 #: format name -> "module:class"; imported on first use so that e.g. onnx loads only when needed.
 FORMATS: dict[str, str] = {
@@ -26,6 +26,8 @@ SUFFIXES: dict[str, str] = {
     ".pth": "torch",
     ".bin": "torch",
 }
+#: format name -> the suffix paramio writes by default (the first one listed for it above).
+SUFFIX: dict[str, str] = {name: next(s for s, f in SUFFIXES.items() if f == name) for name in FORMATS}
 _ALIASES = {"h5": "hdf5", "pt": "torch", "pth": "torch", "st": "safetensors"}
 
 

@@ -54,7 +54,7 @@ def _tensor_json(manifest: Manifest, offsets: list[tuple[int, int]]) -> tuple[st
     tensor part is serialized once and the header is spliced together around the metadata."""
     before: dict[str, Any] = {}
     after: dict[str, Any] = {}
-    for entry, (begin, end) in zip(manifest.tensors, offsets):
+    for entry, (begin, end) in zip(manifest.tensors, offsets, strict=True):
         code = _DTYPE_CODES.get(entry.dtype)
         if code is None:
             raise FormatError(f"tensor `{entry.name}`: dtype {entry.dtype} has no safetensors code")

@@ -70,7 +70,7 @@ def _quiet() -> Any:
             warnings.simplefilter("ignore", FutureWarning)
             yield
     finally:
-        for logger, level in zip(loggers, levels):
+        for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
 
 
