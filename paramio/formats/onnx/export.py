@@ -126,7 +126,16 @@ def export_graph(model: nn.Module, example_inputs: Any, draft: Manifest, *, dyna
             raise _cast_error(where, entry.name, tensor.dtype, entry.dtype)
     program = _run_exporter(model, example_inputs, dynamic_shapes, where)
     graph = program.model.graph
+    mapped = _take_stored_initializers(graph, state, draft, where)
+    _free_stored_names(graph, {t.name for t in draft.tensors})
+    for canonical, value in mapped.items():  # the model's tensors under their canonical names
+        value.name = canonical
+    return ir.serde.serialize_model(program.model)
 
+
+def _take_stored_initializers(graph: Any, state: dict[str, Any], draft: Manifest, where: str) -> dict[str, Any]:
+    """Remove the initializers that are the model's tensors from ``graph``: canonical name -> IR value (a
+    tensor the exporter made two initializers of is one, its other uses redirected)."""
     alias_of = draft.alias_map()
     entries = {t.name: t for t in draft.tensors}
     view_names = {v.name: v.base for v in draft.views}
@@ -134,9 +143,7 @@ def export_graph(model: nn.Module, example_inputs: Any, draft: Manifest, *, dyna
     for name, tensor in state.items():
         if isinstance(tensor, torch.Tensor) and tensor.numel() > 0:
             by_memory.setdefault(_key(tensor), name)
-
-    # 1. Which initializers are the model's tensors, and under which canonical name.
-    mapped: dict[str, Any] = {}  # canonical name -> IR value
+    mapped: dict[str, Any] = {}
     for exporter_name in list(graph.initializers):
         value = graph.initializers[exporter_name]
         raw = getattr(value.const_value, "raw", None)
@@ -160,10 +167,12 @@ def export_graph(model: nn.Module, example_inputs: Any, draft: Manifest, *, dyna
             value.replace_all_uses_with(mapped[canonical], replace_graph_outputs=True)
             continue
         mapped[canonical] = value
+    return mapped
 
-    # 2. Free the stored names: no other value may carry one (the exporter names a node's output after its op,
-    #    `linear`, `add`, which can be a top-level parameter's or buffer's name).
-    stored = set(entries)
+
+def _free_stored_names(graph: Any, stored: set[str]) -> None:
+    """Rename any other value carrying a stored tensor's name (the exporter names a node's output after its
+    op, `linear`, `add`, which can be a top-level parameter's or buffer's name)."""
     taken = {v.name for v in graph.inputs} | set(graph.initializers) | set(stored)
     taken |= {out.name for node in graph for out in node.outputs}
     others = list(graph.inputs) + [out for node in graph for out in node.outputs] + list(graph.initializers.values())
@@ -179,8 +188,3 @@ def export_graph(model: nn.Module, example_inputs: Any, draft: Manifest, *, dyna
                 graph.register_initializer(value)
             else:
                 value.name = fresh
-
-    # 3. Rename the model's tensors to their canonical names.
-    for canonical, value in mapped.items():
-        value.name = canonical
-    return ir.serde.serialize_model(program.model)

@@ -52,6 +52,10 @@ def legacy_storage_bytes(fh: Bounded) -> int:
     persistent ids ``("storage", <class>, key, location, numel, view)`` declare the storages, then the data.
     The object pickle is replayed on a stack that knows only literals, tuples, memo and globals; any other
     opcode yields opaque values, so the stack keeps its depth whatever the pickle does.
+
+    Longer than our usual function on purpose: it is one opcode dispatch over one stack, memo and mark,
+    and read top to bottom it shows every opcode's effect on them; split into handlers, that shared state
+    would travel through every call.
     """
     for _ in range(3):
         for _op in pickletools.genops(fh):
