@@ -26,11 +26,13 @@ Progress = Callable[[str, int], None]
 
 @paused_gc
 def convert(src: str | Path, dst: str | Path, *, format: str | None = None, dtype: str | torch.dtype | None = None,
-            verify: bool = True, progress: Progress | None = None, durable: bool = True) -> Manifest:
+            verify: bool = True, progress: Progress | None = None, durable: bool = True,
+            max_shard_size: int | str | None = None) -> Manifest:
     """Convert ``src`` to ``dst`` (format from ``format`` or the suffix), keeping ties, views, metadata,
-    gradients and checksums; ``dtype`` casts floating tensors; ``durable``: as for :func:`paramio.save`.
+    gradients and checksums; ``dtype`` casts floating tensors; ``durable`` and ``max_shard_size`` (``dst`` a
+    folder or an index path: a sharded folder): as for :func:`paramio.save`.
     Returns the manifest written."""
-    location = locate_output(dst, format)
+    location = locate_output(dst, format, max_shard_size=max_shard_size)
     with open_source(src) as source:
         manifest = source.manifest()
         target = cast_manifest(manifest, parse_dtype(dtype)).model_copy(update={"producer": producer()})
@@ -45,4 +47,5 @@ def convert(src: str | Path, dst: str | Path, *, format: str | None = None, dtyp
                     progress(entry.name, tensor.numel() * tensor.element_size())
                 del tensor
 
-        return write_stream(location, target, items(), checksum=checksum, durable=durable)
+        return write_stream(location, target, items(), checksum=checksum, durable=durable,
+                            options={"max_shard_size": max_shard_size})

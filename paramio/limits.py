@@ -5,7 +5,7 @@ Read at call time (``limits.MAX_TENSORS``), so that tests can lower them.
 
 from __future__ import annotations
 
-__all__ = ["MAX_TENSORS", "MAX_MANIFEST_BYTES", "MAX_NAME"]
+__all__ = ["MAX_TENSORS", "MAX_MANIFEST_BYTES", "MAX_NAME", "MAX_INDEX_BYTES"]
 
 #: Stored tensors one checkpoint may hold: far above real models (tens of thousands), far below what
 #: describing them would cost in memory.
@@ -14,3 +14,6 @@ MAX_TENSORS = 1_000_000
 MAX_MANIFEST_BYTES = 100_000_000
 #: Characters in a tensor name (the manifest's limit).
 MAX_NAME = 4096
+#: A sharded folder's index file longer than this is refused before it is read (it holds the manifest and a
+#: name per tensor: twice the manifest's cap).
+MAX_INDEX_BYTES = 2 * MAX_MANIFEST_BYTES

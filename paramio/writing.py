@@ -118,18 +118,23 @@ def _prepared(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def save(obj: nn.Module | Mapping[str, torch.Tensor] | Checkpoint, path: str | Path, *,
          format: str | None = None, example_inputs: Any = None, grads: bool = False,
          dtype: str | torch.dtype | None = None, metadata: Mapping[str, str] | None = None,
-         checksum: str | None = "default", durable: bool = True, **options: Any) -> Manifest:
+         checksum: str | None = "default", durable: bool = True, max_shard_size: int | str | None = None,
+         **options: Any) -> Manifest:
     """Save every parameter (aliases stored once, ties recorded) to ``path``; return the written manifest.
+
+    ``path`` a folder (``out/``, an existing folder, or ``out/model.safetensors.index.json``): a sharded
+    folder in the Hugging Face layout, shards of at most ``max_shard_size`` (bytes, "500MB", "2GiB"; default
+    5GB) as huggingface_hub plans them, the index written last (see :mod:`paramio.locations.sharded`).
 
     ``durable=False`` skips the fsync before the file replaces ``path``: the write is still atomic for the
     processes that read it and across a crash of this one, not across a power loss (see
     :mod:`paramio.atomic`)."""
-    location = locate_output(path, format)
+    location = locate_output(path, format, max_shard_size=max_shard_size)
     unknown = set(options) - set(by_name(location.format).options)
     if unknown:
         raise TypeError(f"save() got options {sorted(unknown)} that format {location.format} does not take")
     ck = as_checkpoint(obj, grads=grads, metadata=metadata)
     manifest = cast_manifest(ck.manifest, parse_dtype(dtype))
-    opts = {**options, "example_inputs": example_inputs,
+    opts = {**options, "example_inputs": example_inputs, "max_shard_size": max_shard_size,
             "model": obj if isinstance(obj, nn.Module) else None}
     return write_stream(location, manifest, ck.stored(), checksum=checksum, options=opts, durable=durable)

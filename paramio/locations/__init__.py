@@ -3,6 +3,7 @@ writes through :func:`open_sink`, whatever the location (see :mod:`paramio.locat
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from ..formats.registry import for_path
 from ..manifest import Manifest
 from .base import Location, Sink, Source, WriteResult
 from .file import FileSink, FileSource
+from .sharded import INDEX_SUFFIX, ShardedSink, ShardedSource, folder_output, locate_folder, locate_index
 
 __all__ = ["Location", "Source", "Sink", "WriteResult", "locate", "locate_output", "open_source", "open_sink"]
 
@@ -21,14 +23,25 @@ def locate(path: str | Path, format: str | None = None) -> Location:
     """The location an existing path names, for reading."""
     path = Path(path)
     if path.is_dir():
-        raise FormatError(f"{path}: a folder, not a checkpoint file")
+        return locate_folder(path, format)
+    if path.name.endswith(INDEX_SUFFIX):
+        return locate_index(path, format)
     fmt = for_path(path, format)
     return Location(path, "file", fmt.name, path)
 
 
-def locate_output(path: str | Path, format: str | None = None) -> Location:
-    """The location a path names, for writing."""
-    path = Path(path)
+def locate_output(path: str | Path, format: str | None = None, *, max_shard_size: int | str | None = None
+                  ) -> Location:
+    """The location a path names, for writing: a sharded folder for a folder (a trailing separator, an
+    existing folder), an index path, or a path without a suffix given ``max_shard_size``; else one file."""
+    text = os.fspath(path)
+    path = Path(text)
+    folder = text.endswith(("/", os.sep)) or path.is_dir() or (max_shard_size is not None and not path.suffix)
+    if folder or path.name.endswith(INDEX_SUFFIX):
+        return folder_output(path, format)
+    if max_shard_size is not None:
+        raise FormatError(f"{path}: max_shard_size writes a sharded folder (safetensors or torch); give a folder "
+                          f"(out/) or an index path (out/model.safetensors.index.json), or drop max_shard_size")
     fmt = for_path(path, format)
     return Location(path, "file", fmt.name, path)
 
@@ -36,10 +49,14 @@ def locate_output(path: str | Path, format: str | None = None) -> Location:
 def open_source(path: str | Path | Location, format: str | None = None) -> Source:
     """A :class:`Source` for ``path``; every failure to open is a :class:`FormatError` naming it."""
     location = path if isinstance(path, Location) else locate(path, format)
+    if location.kind == "sharded":
+        return ShardedSource(location)
     return FileSource(location)
 
 
 def open_sink(location: Location, staging: Staging, manifest: Manifest, algorithm: str | None,
               options: Mapping[str, Any]) -> Sink:
     """A :class:`Sink` writing ``manifest``'s tensors to ``location``, its files staged in ``staging``."""
+    if location.kind == "sharded":
+        return ShardedSink(location, staging, manifest, algorithm, options)
     return FileSink(location, staging, manifest, algorithm, options)

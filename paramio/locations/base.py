@@ -145,7 +145,7 @@ class Source(abc.ABC):
     def origin(self, name: str) -> str:
         """Where a stored tensor comes from, as error messages name it: the file itself."""
         if self.location.kind == "file":
-            return str(self.path)
+            return str(self.location.root)
         return str(self.location.root / self.file_of(name))
 
     def location_problems(self) -> list[str]:
