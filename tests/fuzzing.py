@@ -46,7 +46,7 @@ __all__ = ["SUFFIX", "BAD", "MARKER", "EVIL", "write_seeds", "make_case", "check
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Outcomes that fail a campaign.
-BAD = ("bug", "crash", "hang", "memory", "unnamed", "ran-code")
+BAD = ("bug", "crash", "hang", "memory", "unnamed", "ran-code", "leak")
 MARKER = "PWNED"
 MODEL_DIR = "model"
 
@@ -349,11 +349,15 @@ class Skip(Exception):
     """The mutation does not apply to this seed (e.g. it has no manifest)."""
 
 
+#: What every file outside the checkpoint holds: a loaded tensor containing it read outside the file.
+SECRET = b"SECRET"
+
+
 def _outside(case: Path, size: int = 4096) -> Path:
     """A file outside the checkpoint's folder that a hostile file may point to."""
     target = case / "outside.bin"
     if not target.exists():
-        target.write_bytes(b"SECRET" + bytes(size - 6))
+        target.write_bytes(SECRET + bytes(size - len(SECRET)))
     return target
 
 
@@ -457,7 +461,7 @@ def _mutate_hdf5(path: Path, case: Path, rng: random.Random) -> str:
 
     op = rng.choice(["external-link", "vds", "external-storage", "soft-link", "group-cycle", "replace",
                      "replace", "huge", "bomb", "manifest", "manifest", "attr-dtype", "deep", "many", "delete",
-                     "null", "big-endian"])
+                     "null", "big-endian", "external-group", "soft-via-external"])
     with h5py.File(path, "r+") as f:
         root = f["tensors"] if "tensors" in f else f
         datasets = [k for k in root if isinstance(root.get(k, getlink=True), h5py.HardLink)
@@ -467,10 +471,28 @@ def _mutate_hdf5(path: Path, case: Path, rng: random.Random) -> str:
         if op in ("external-link", "vds") and target in root:
             del root[target]
         outside_h5 = case / "outside.h5"
-        if op in ("external-link", "vds"):
-            with h5py.File(outside_h5, "w") as out:
-                out["data"] = np.arange(6, dtype=np.float32)
-        if op == "external-link":
+        if op in ("external-link", "vds", "external-group", "soft-via-external"):
+            _outside_hdf5(outside_h5)
+        if op == "external-group":  # a whole group read from another file (or a FIFO, which blocks an open)
+            group = rng.choice(["tensors", "grads"])
+            if group in f:
+                del f[group]
+            fifo = case / "pipe.h5"
+            if not fifo.exists():
+                os.mkfifo(fifo)
+            where = rng.choice([str(outside_h5), "../outside.h5", str(fifo), "../pipe.h5"])
+            f[group] = h5py.ExternalLink(where, f"/{group}")
+            op += f" /{group} -> {where}"
+        elif op == "soft-via-external":  # a soft link whose path goes through an external link at the root
+            f["ext"] = h5py.ExternalLink(str(outside_h5), "/")
+            if rng.random() < 0.5:
+                del f["tensors"]
+                f["tensors"] = h5py.SoftLink("/ext/tensors")
+            else:
+                if target in root:
+                    del root[target]
+                root[target] = h5py.SoftLink(rng.choice(["/ext/data", "/ext/tensors/x"]))
+        elif op == "external-link":
             where = rng.choice([str(outside_h5), "../outside.h5", "outside.h5"])
             root[target] = h5py.ExternalLink(where, "/data")
         elif op == "vds":
@@ -544,6 +566,18 @@ def _mutate_hdf5(path: Path, case: Path, rng: random.Random) -> str:
             del root[name]
             root.create_dataset(name, data=np.asarray(data).astype(np.asarray(data).dtype.newbyteorder(">")))
     return f"hdf5 {op} {name}"
+
+
+def _outside_hdf5(path: Path) -> None:
+    """An HDF5 file in paramio's layout holding the secret, read through libhdf5 (chunked) and mappable."""
+    import h5py
+    import numpy as np
+
+    secret = np.frombuffer(SECRET * 4, dtype=np.uint8)
+    with h5py.File(path, "w") as out:
+        out["data"] = secret
+        for group in ("tensors", "grads"):
+            out.create_group(group).create_dataset("x", data=secret, chunks=(8,))
 
 
 # onnx
@@ -888,6 +922,15 @@ def _is_memory(e: BaseException) -> bool:
     return any(isinstance(x, MemoryError) or _ALLOC.search(str(x)) for x in _chain(e))
 
 
+def _small_bytes(tensor) -> bytes:
+    """A small tensor's bytes (large ones are seeds' data, never an outside file's few bytes)."""
+    import torch
+
+    if tensor.numel() == 0 or tensor.numel() * tensor.element_size() > 1 << 20:
+        return b""
+    return tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
 def _run_check(name: str, path: Path) -> tuple[str, str]:
     import paramio
     from paramio.errors import ParamioError
@@ -898,6 +941,9 @@ def _run_check(name: str, path: Path) -> tuple[str, str]:
             return "ok", ""
         if name == "load":
             ck = paramio.load(path)
+            leaked = next((n for n, t in ck.items() if SECRET in _small_bytes(t)), None)
+            if leaked is not None:
+                return "leak", f"tensor `{leaked}` holds bytes of a file outside the checkpoint"
             unverified = sum(t.checksum is None for t in ck.manifest.tensors)
             return ("ok" if not unverified else "ok-unverified"), f"{len(ck)} names"
         if name == "validate":
@@ -945,7 +991,7 @@ def _run_cli(name: str, path: Path) -> tuple[str, str]:
     return ("memory" if _ALLOC.search(text) else "bug"), text
 
 
-_RANK = {"ok": 0, "ok-unverified": 0, "finding": 1, "error": 1, "unnamed": 2, "bug": 3, "memory": 4,
+_RANK = {"ok": 0, "ok-unverified": 0, "finding": 1, "error": 1, "unnamed": 2, "bug": 3, "leak": 4, "memory": 4,
          "ran-code": 5}
 
 

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from h5py import h5, h5a, h5d, h5g, h5l, h5o, h5p, h5s, h5t
 
+from .. import limits
 from ..atomic import Staging
 from ..dtypes import torch_dtype
 from ..errors import FormatError
@@ -67,6 +68,8 @@ _NAMES = {dt: name for name, dt in _NUMPY.items()}
 _COMPRESSIONS = ("gzip", "lzf")
 #: zlib expands at most ~1032:1; a dataset claiming more bytes than that over what it stores is refused.
 _MAX_EXPANSION = 1032
+#: Soft links followed through other soft links at most this deep (HDF5's own default limit, H5L_NUM_LINKS).
+_MAX_SOFT_DEPTH = 16
 
 
 def _write_text_attr(attrs: h5py.AttributeManager, key: str, text: str) -> None:
@@ -205,6 +208,14 @@ def _as_array(tensor: torch.Tensor, dtype: str) -> np.ndarray:
     return tensor.numpy()
 
 
+class _OverCap(Exception):
+    """An attribute larger than its cap (carries the FormatError to raise when asked for the contents)."""
+
+    def __init__(self, error: FormatError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 @dataclass(frozen=True)
 class _Dataset:
     """One dataset found in the file: what it holds and where. Datasets are not kept open: HDF5 slows down
@@ -247,20 +258,34 @@ class HDF5Reader(Reader):
     def _fail(self, problem: str) -> FormatError:
         return FormatError(f"{self.path}: {problem}")
 
-    def _text_attr(self, attrs: h5py.AttributeManager, key: str, where: str) -> object:
+    def _text_attr(self, attrs: h5py.AttributeManager, key: str, where: str, cap: int | None = None) -> object:
         """A text attribute, read only when it is a fixed-length string: a variable-length one lives in the
         file's global heap, and a corrupt global heap sends HDF5's reader into an endless loop (found by
-        fuzzing: H5HG__cache_heap_deserialize never returns), which no Python-side check can interrupt."""
-        kind = h5a.open(attrs._id, key.encode()).get_type()
+        fuzzing: H5HG__cache_heap_deserialize never returns), which no Python-side check can interrupt.
+        With ``cap``, an attribute declaring more bytes than that raises :class:`_OverCap` before it is read."""
+        attr = h5a.open(attrs._id, key.encode())
+        kind = attr.get_type()
         if not isinstance(kind, h5t.TypeStringID) or kind.is_variable_str():
             raise self._fail(f"{where} attribute `{key}` is not a fixed-length string (paramio writes it as one; "
                              "variable-length strings are refused because a corrupt heap can hang HDF5)")
+        declared = kind.get_size() * max(attr.get_space().get_simple_extent_npoints(), 1)
+        if cap is not None and declared > cap:
+            raise _OverCap(self._fail(f"{where} attribute `{key}` declares a {declared}-byte manifest, more "
+                                      f"than the cap of {cap}; refused before reading it"))
         return attrs[key]
 
     def _read_manifest(self) -> str | None:
+        """The manifest's text, or None. One over the size cap is refused from its declared size, before a
+        byte of it is read (it would be read whole, decoded and parsed); the refusal is raised by ``contents``,
+        so that ``validate`` reports it like any invalid manifest."""
+        self._refusal: FormatError | None = None
         if not h5a.exists(self._file.id, MANIFEST_KEY.encode()):
             return None
-        value = self._text_attr(self._file.attrs, MANIFEST_KEY, "root")
+        try:
+            value = self._text_attr(self._file.attrs, MANIFEST_KEY, "root", cap=limits.MAX_MANIFEST_BYTES)
+        except _OverCap as e:
+            self._refusal = e.error
+            return None
         if isinstance(value, bytes):
             try:
                 return value.decode("utf-8")
@@ -273,11 +298,58 @@ class HDF5Reader(Reader):
     def _roots(self) -> list[tuple[h5g.GroupID, str]]:
         """(group, name prefix) pairs to list: paramio's layout if the file has it, else the whole file."""
         root = self._file.id
-        found = [(name, prefix) for name, prefix in ((TENSORS, ""), (GRADS, GRAD_PREFIX))
-                 if root.links.exists(name.encode()) and h5o.get_info(root, name.encode()).type == h5o.TYPE_GROUP]
-        if not found or found[0][0] != TENSORS:
+        found = []
+        for name, prefix in ((TENSORS, ""), (GRADS, GRAD_PREFIX)):
+            if root.links.exists(name.encode()):  # H5Lexists does not follow the link it finds
+                obj = self._follow(root, name.encode(), f"/{name}")
+                if isinstance(obj, h5g.GroupID):
+                    found.append((obj, prefix))
+        if not found or found[0][1] != "":
             return [(root, "")]
-        return [(h5g.open(root, name.encode()), prefix) for name, prefix in found]
+        return found
+
+    def _follow(self, group: h5g.GroupID, leaf: bytes, shown: str, depth: int = 0) -> h5o.ObjectID:
+        """The object that link ``leaf`` of ``group`` names, following hard and soft links only. Each link is
+        looked at before it is followed: libhdf5 would open the file an external link names (any file, even
+        a FIFO that blocks the open), anywhere on a soft link's path; paramio never reads another file."""
+        try:
+            info = group.links.get_info(leaf)
+        except KeyError as e:
+            raise self._fail(f"link `{shown}` points to nothing") from e
+        if info.type == h5l.TYPE_HARD:
+            return h5o.open(group, leaf)
+        if info.type != h5l.TYPE_SOFT:
+            raise self._external(shown, group, leaf, info.type)
+        if depth >= _MAX_SOFT_DEPTH:
+            raise self._fail(f"soft link `{shown}`: links to links nest more than {_MAX_SOFT_DEPTH} deep (a cycle?)")
+        target = group.links.get_val(leaf)
+        current = h5g.open(self._file.id, b"/") if target.startswith(b"/") else group
+        walked = "" if target.startswith(b"/") else shown.rpartition("/")[0]
+        for part in target.split(b"/"):
+            if part in (b"", b"."):
+                continue
+            walked += "/" + part.decode("utf-8", "replace")
+            if not isinstance(current, h5g.GroupID):
+                raise self._fail(f"soft link `{shown}` -> {target.decode('utf-8', 'replace')!r} goes through "
+                                 "a dataset")
+            try:
+                current = self._follow(current, part, walked, depth + 1)
+            except FormatError as e:
+                raise self._fail(f"soft link `{shown}` -> {target.decode('utf-8', 'replace')!r}: "
+                                 f"{str(e).removeprefix(f'{self.path}: ')}") from e
+        return current
+
+    def _external(self, shown: str, group: h5g.GroupID, leaf: bytes, link_type: int) -> FormatError:
+        """The refusal of a link that is neither hard nor soft, naming it and, for an external link, its file."""
+        if link_type == h5l.TYPE_EXTERNAL:
+            try:
+                file, obj = (v.decode("utf-8", "replace") for v in group.links.get_val(leaf))
+                where = f" to `{obj}` in {file!r}"
+            except (KeyError, RuntimeError, OSError, ValueError, TypeError):
+                where = ""
+            return self._fail(f"`{shown}` is an external link{where}: it reads another file, which paramio "
+                              "refuses (store the tensors in this file)")
+        return self._fail(f"`{shown}` is a user-defined HDF5 link (type {link_type}), which paramio refuses")
 
     def _scan(self) -> None:
         names: dict[int, list[str]] = {}  # dataset address -> its names, in listing order
@@ -288,7 +360,7 @@ class HDF5Reader(Reader):
                 if link_type == h5l.TYPE_SOFT:
                     soft.append((name, group, leaf))
                 elif link_type != h5l.TYPE_HARD:
-                    raise self._fail(f"`{name}` is an external link: it reads another file, which paramio refuses")
+                    raise self._external(name, group, leaf, link_type)
                 elif dsid is None:
                     names[address].append(name)
                 else:
@@ -305,7 +377,7 @@ class HDF5Reader(Reader):
             self._links.update({n: stored for n in listed if n != stored})
         for name, group, leaf in soft:
             try:
-                address = h5o.get_info(group, leaf).addr
+                address = h5o.get_info(self._follow(group, leaf, name)).addr
             except (KeyError, RuntimeError, OSError) as e:
                 raise self._fail(f"soft link `{name}` points to nothing") from e
             if address not in canonical:
@@ -395,7 +467,10 @@ class HDF5Reader(Reader):
         return _Dataset(dtype, shape, group, leaf, None)
 
     def _raw_bits_dtype(self, name: str, dsid: h5d.DatasetID, bits: str) -> str:
-        value = self._text_attr(h5py.Dataset(dsid).attrs, DTYPE_ATTR, f"dataset `{name}`:")
+        try:
+            value = self._text_attr(h5py.Dataset(dsid).attrs, DTYPE_ATTR, f"dataset `{name}`:", cap=64)
+        except _OverCap as e:
+            raise e.error from None
         if isinstance(value, bytes):
             value = value.decode("utf-8", "replace")
         fits = [k for k, v in _RAW_BITS.items() if v == _NUMPY[bits]]
@@ -405,6 +480,8 @@ class HDF5Reader(Reader):
         return value
 
     def contents(self) -> FileContents:
+        if self._refusal is not None:
+            raise self._refusal
         return FileContents(
             producer="hdf5",
             stored=tuple(StoredTensor(name, d.dtype, d.shape) for name, d in self._datasets.items()),

@@ -1,0 +1,195 @@
+"""Hostile inputs and faults found by held-out testing (issue 14), each as the story of a user handed a crafted
+file: HDF5 links that leave the file, ``.pt`` tensors larger than their storage and zip bombs, ONNX external
+data under concurrent saves, mapped checkpoints whose file another program rewrites in place, an oversized
+HDF5 manifest, and signature files that are FIFOs or huge.
+
+Anything that could hang or crash (a FIFO, a SIGBUS) runs in a subprocess with a time limit, so a failure fails
+the test instead of the test run; nothing here allocates more than a few megabytes (huge files are sparse).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import paramio
+from paramio.errors import FormatError
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = np.frombuffer(b"SECRET!!", dtype=np.uint8)
+
+
+def run_python(code: str, *, timeout: float = 60, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter; a hang is a failed test (TimeoutExpired), a signal a negative rc."""
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd or ROOT)
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "paramio", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+# -- HDF5 links that leave the file ------------------------------------------------------------------------
+
+
+def _outside_h5(folder: Path) -> Path:
+    """A file beside the checkpoint folder with paramio's layout, holding a secret in a chunked dataset (read
+    through libhdf5, so a followed link returns its bytes whatever the checkpoint's size)."""
+    outside = folder / "outside.h5"
+    with h5py.File(outside, "w") as f:
+        for group in ("tensors", "grads"):
+            f.create_group(group).create_dataset("w", data=SECRET, chunks=(4,))
+        f["data"] = SECRET
+    return outside
+
+
+def _checkpoint(folder: Path, attack: str, outside: Path) -> Path:
+    """A paramio-written HDF5 checkpoint of ``w``, then edited by the attacker with h5py."""
+    inner = folder / "checkpoint"
+    inner.mkdir()
+    path = inner / "m.h5"
+    paramio.save({"w": torch.zeros(8, dtype=torch.uint8)}, path, grads=False)
+    absolute, relative = str(outside), os.path.relpath(outside, inner)
+    with h5py.File(path, "r+") as f:
+        if attack == "tensors-external-absolute":
+            del f["tensors"]
+            f["tensors"] = h5py.ExternalLink(absolute, "/tensors")
+        elif attack == "tensors-external-relative":
+            del f["tensors"]
+            f["tensors"] = h5py.ExternalLink(relative, "/tensors")
+        elif attack == "grads-external":
+            f["grads"] = h5py.ExternalLink(absolute, "/grads")
+        elif attack == "tensors-soft-via-external-root":
+            del f["tensors"]
+            f["ext"] = h5py.ExternalLink(absolute, "/")
+            f["tensors"] = h5py.SoftLink("/ext/tensors")
+        elif attack == "dataset-soft-via-external-root":
+            f["ext"] = h5py.ExternalLink(absolute, "/")
+            f["tensors/x"] = h5py.SoftLink("/ext/data")
+        elif attack == "nested-group-external":
+            f["tensors/sub"] = h5py.ExternalLink(absolute, "/tensors")
+        else:
+            raise AssertionError(attack)
+    return path
+
+
+LINK_ATTACKS = {
+    "tensors-external-absolute": "`/tensors` is an external link",
+    "tensors-external-relative": "`/tensors` is an external link",
+    "grads-external": "`/grads` is an external link",
+    "tensors-soft-via-external-root": "soft link `/tensors` -> '/ext/tensors': `/ext` is an external link",
+    "dataset-soft-via-external-root": "soft link `x` -> '/ext/data': `/ext` is an external link",
+    "nested-group-external": "`sub` is an external link",
+}
+
+
+@pytest.mark.parametrize("attack", LINK_ATTACKS)
+def test_an_hdf5_link_that_leaves_the_file_is_refused_by_every_verb(tmp_path: Path, attack: str) -> None:
+    """A user is handed ``m.h5`` whose group (or a soft link's path) is an external link: loading, converting
+    or inspecting it must not read the other file (libhdf5 would open it), and the error names the link."""
+    outside = _outside_h5(tmp_path)
+    path = _checkpoint(tmp_path, attack, outside)
+    expected = LINK_ATTACKS[attack]
+    for read in (paramio.load, paramio.read_manifest, paramio.validate,
+                 lambda p: paramio.convert(p, tmp_path / "copy.safetensors")):
+        with pytest.raises(FormatError) as info:
+            read(path)
+        message = str(info.value)
+        assert str(path) in message and expected in message, message
+        assert "SECRET" not in message
+    assert not (tmp_path / "copy.safetensors").exists()
+    result = run_cli("inspect", "--stats", str(path))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert expected in result.stderr and "SECRET" not in result.stdout
+
+
+def test_an_hdf5_external_link_to_a_fifo_does_not_hang(tmp_path: Path) -> None:
+    """libhdf5 opens an external link's file with a blocking open(): a FIFO there would hang the reader
+    forever. The link is refused before anything opens it."""
+    fifo = tmp_path / "pipe.h5"
+    os.mkfifo(fifo)
+    path = tmp_path / "m.h5"
+    paramio.save({"w": torch.ones(2)}, path)
+    with h5py.File(path, "r+") as f:
+        del f["tensors"]
+        f["tensors"] = h5py.ExternalLink(str(fifo), "/tensors")
+    result = run_python(f"""
+        import paramio
+        try:
+            paramio.load({str(path)!r})
+        except paramio.errors.FormatError as e:
+            print(e)
+        """, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "`/tensors` is an external link" in result.stdout and str(fifo) in result.stdout
+
+
+def test_hdf5_soft_links_inside_the_file_still_import(tmp_path: Path) -> None:
+    """Soft links that stay in the file are fine: a ``/tensors`` group reached by a soft link, and a soft-linked
+    alias (a link to a link), both read as h5py would."""
+    path = tmp_path / "m.h5"
+    with h5py.File(path, "w") as f:
+        f.create_group("real")["w"] = np.arange(4, dtype=np.float32)
+        f["tensors"] = h5py.SoftLink("/real")
+        f["real/alias"] = h5py.SoftLink("/tensors/w")
+        f["real/alias2"] = h5py.SoftLink("alias")
+    ck = paramio.load(path)
+    assert ck["alias"] is ck["w"] and ck["alias2"] is ck["w"]
+    assert ck["w"].tolist() == [0, 1, 2, 3]
+
+
+# -- HDF5 manifest cap -------------------------------------------------------------------------------------
+
+
+def _peak_memory_of(code: str) -> tuple[int, str]:
+    """Run ``code`` (which prints) in a fresh interpreter; the peak of the memory it allocated (MB, as
+    tracemalloc sees Python and numpy allocations) and what it printed."""
+    result = run_python(f"""
+        import tracemalloc, paramio, torch
+        tracemalloc.start()
+        {textwrap.indent(textwrap.dedent(code), '        ').strip()}
+        print(tracemalloc.get_traced_memory()[1] >> 20)
+        """, timeout=120)
+    assert result.returncode == 0, result.stderr
+    *lines, peak = result.stdout.strip().splitlines()
+    return int(peak), "\n".join(lines)
+
+
+def test_an_oversized_hdf5_manifest_is_refused_from_its_declared_size(tmp_path: Path) -> None:
+    """A file whose manifest attribute declares more than the cap is refused before the attribute is read:
+    reading it whole, decoding and parsing it would cost several times its size in memory."""
+    path = tmp_path / "m.h5"
+    paramio.save({"w": torch.ones(2)}, path)
+    with h5py.File(path, "r+") as f:
+        text = f.attrs["paramio.manifest"]
+        f.attrs.create("paramio.manifest", np.bytes_(text + b" " * (48 << 20)),
+                       dtype=h5py.string_dtype("utf-8", len(text) + (48 << 20)))
+    peak, message = _peak_memory_of(f"""
+        paramio.limits.MAX_MANIFEST_BYTES = 1 << 20
+        try:
+            paramio.read_manifest({str(path)!r})
+        except paramio.errors.FormatError as e:
+            print(e)
+        """)
+    assert peak < 8, f"refusing the manifest allocated {peak} MB"
+    assert f"declares a {len(text) + (48 << 20)}-byte manifest, more than the cap of {1 << 20}" in message
+    assert str(path) in message
+
+
+def test_an_oversized_hdf5_manifest_is_a_validate_problem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "m.h5"
+    paramio.save({"w": torch.ones(2)}, path)
+    monkeypatch.setattr(paramio.limits, "MAX_MANIFEST_BYTES", 100)
+    report = paramio.validate(path)
+    assert not report.ok and "more than the cap of 100" in report.problems[0]
+    monkeypatch.setattr(paramio.limits, "MAX_MANIFEST_BYTES", 1 << 20)
+    assert paramio.validate(path).ok
