@@ -5,10 +5,11 @@ safetensors, HDF5, ONNX and ``.pt`` files, recorded in a manifest that every fil
 """
 
 from . import errors
+from .audit import Audit, audit
 from ._version import __version__
 from .checkpoint import Checkpoint, collect
 from .convert import convert
-from .diff import Diff, diff
+from .diff import Diff, TensorDiff, diff
 from .manifest import Manifest, Signature, TensorEntry, TieGroup
 from .reading import load, read_manifest
 from .rebuild import LoadReport, load_into
@@ -26,6 +27,8 @@ __all__ = [
     "TieGroup",
     "LoadReport",
     "Diff",
+    "TensorDiff",
+    "Audit",
     "Report",
     "collect",
     "find_ties",
@@ -37,4 +40,5 @@ __all__ = [
     "diff",
     "signature",
     "validate",
+    "audit",
 ]

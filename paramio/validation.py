@@ -9,10 +9,13 @@ from pathlib import Path
 import pydantic
 from torch import nn
 
+from .audit import Audit, as_loaded, audit_stored, digest_candidates
 from .checkpoint import collect
+from .checksum import digest, tensor_bytes
 from .errors import FormatError, MissingFileError, ParamioError
 from .locations import open_source
 from .manifest import Manifest, Signature
+from .stored import Stored
 from .ties import tie_differences, tie_partition
 
 __all__ = ["Report", "signature", "compare_signatures", "validate", "load_signature"]
@@ -20,11 +23,14 @@ __all__ = ["Report", "signature", "compare_signatures", "validate", "load_signat
 
 @dataclass(frozen=True)
 class Report:
-    """The outcome of :func:`validate`: ``ok`` when ``problems`` is empty."""
+    """The outcome of :func:`validate`: ``ok`` when ``problems`` is empty. ``notes`` are findings that do
+    not stop a load (the tie audit's suspected, restorable and dropped ties); ``audit`` holds them all."""
 
     path: str
     problems: tuple[str, ...] = field(default=())
     manifest: Manifest | None = None
+    notes: tuple[str, ...] = field(default=())
+    audit: Audit | None = None
 
     @property
     def ok(self) -> bool:
@@ -91,9 +97,12 @@ def _against(against: object) -> Signature:
 
 def validate(path: str | Path, against: nn.Module | Signature | str | Path | None = None, *,
              verify: bool = True) -> Report:
-    """Check a file whole: manifest schema, file vs manifest, checksums, and ``against`` when given.
+    """Check a file whole: manifest schema, file vs manifest, checksums, the tie audit, and ``against`` when
+    given.
 
-    An unreadable file raises :class:`FormatError`; every other finding is a line in ``Report.problems``.
+    An unreadable file raises :class:`FormatError`; every other finding is a line in ``Report.problems``. It
+    agrees with ``load_into``: what that accepts (a model alias the file drops, a model tie stored as equal
+    copies) is a note, not a problem.
     """
     expected = _against(against) if against is not None else None
     problems: list[str] = []
@@ -104,14 +113,28 @@ def validate(path: str | Path, against: nn.Module | Signature | str | Path | Non
             return Report(str(path), (str(e),), None)
         problems += source.problems()
         stored = source.stored_names()
+        candidates = digest_candidates(manifest)
+        digests: dict[str, str] = {}
         for entry in manifest.tensors:
             if entry.name not in stored:
                 continue
             try:
-                source.read_entry(entry, verify=verify)
+                tensor = source.read_entry(entry, verify=verify)
             except ParamioError as e:
                 problems.append(str(e))
+                continue
+            if entry.name in candidates:
+                digests[entry.name] = digest(tensor_bytes(tensor), "xxh3_64")
+            del tensor
+        found = None
+        if not problems:  # a damaged file gets its problems, not guesses from its bytes
+            found = audit_stored(Stored(manifest, str(path), source=source, verify=False), expected, digests)
         derived = not source.has_manifest or manifest.model_class is None
     if expected is not None:
-        problems += compare_signatures(expected, manifest.signature(), kinds=not derived)
-    return Report(str(path), tuple(problems), manifest)
+        actual = manifest.signature() if found is None else as_loaded(manifest.signature(), found)
+        problems += compare_signatures(expected, actual, kinds=not derived)
+    notes: tuple[str, ...] = ()
+    if found is not None:
+        problems += found.problems
+        notes = found.notes
+    return Report(str(path), tuple(problems), manifest, notes, found)
