@@ -13,6 +13,7 @@ from .diff import Diff, TensorDiff, diff
 from .manifest import Manifest, Signature, TensorEntry, TieGroup
 from .reading import load, read_manifest
 from .rebuild import LoadReport, load_into
+from .stats import Stats, TensorStats, stats
 from .ties import find_ties
 from .validation import Report, signature, validate
 from .writing import save
@@ -29,6 +30,8 @@ __all__ = [
     "Diff",
     "TensorDiff",
     "Audit",
+    "Stats",
+    "TensorStats",
     "Report",
     "collect",
     "find_ties",
@@ -41,4 +44,5 @@ __all__ = [
     "signature",
     "validate",
     "audit",
+    "stats",
 ]

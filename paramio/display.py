@@ -16,9 +16,11 @@ from rich.text import Text
 from .dtypes import DTYPES
 from .manifest import Manifest
 
-__all__ = ["manifest_table", "summary", "count", "size"]
+__all__ = ["manifest_table", "summary", "count", "size", "figure"]
 
-_FIGURES = ("mean", "std", "min", "max", "norm")  # paramio.stats.FIGURES, without importing the reader
+#: inspect --stats columns: (header, TensorStats field); imported lazily, so no reader is loaded for them
+_FIGURES = (("mean", "mean"), ("std", "std"), ("min", "min"), ("max", "max"), ("norm", "l2_norm"),
+            ("zeros", "zero_fraction"), ("nan/inf", None))
 
 
 def _rows(manifest: Manifest) -> Iterator[tuple[str, str, tuple[int, ...], str, str, str | None]]:
@@ -47,7 +49,18 @@ def _fmt(value: float | None) -> str:
     return "—" if value is None else f"{value:.4g}"
 
 
-def manifest_table(manifest: Manifest, stats: Mapping[str, Mapping[str, float | None]] | None = None,
+def figure(row: Any, field: str | None) -> str:
+    """One statistics cell of a :class:`paramio.stats.TensorStats`: numbers in 4 significant digits, the
+    zero fraction in percent, NaN/Inf counts (blank when there are none)."""
+    if field is None:
+        return f"{row.nan_count:,}/{row.inf_count:,}" if row.nonfinite else ""
+    value = getattr(row, field)
+    if field == "zero_fraction":
+        return f"{100 * value:.1f}%" if row.numel else "—"
+    return _fmt(value)
+
+
+def manifest_table(manifest: Manifest, stats: Mapping[str, Any] | None = None,
                    title: str | None = None, *, checksums: bool = True) -> Table:
     """The ``paramio inspect`` table: one row per name, aliases and views included."""
     table = Table(title=title, title_justify="left", header_style="bold")
@@ -55,7 +68,7 @@ def manifest_table(manifest: Manifest, stats: Mapping[str, Mapping[str, float | 
     for column in columns:
         table.add_column(column, justify="right" if column == "numel" else "left", overflow="fold")
     if stats is not None:
-        for column in _FIGURES:
+        for column, _ in _FIGURES:
             table.add_column(column, justify="right")
     for name, dtype, shape, kind, note, checksum in _rows(manifest):
         label = Text(name) + (Text(f" ({kind})", style="dim") if kind != "parameter" else Text())
@@ -64,7 +77,7 @@ def manifest_table(manifest: Manifest, stats: Mapping[str, Mapping[str, float | 
             cells.append(checksum or "")
         if stats is not None:
             row = stats.get(name)
-            cells += [_fmt(row[k]) if row else "" for k in _FIGURES]
+            cells += [figure(row, f) if row is not None else "" for _, f in _FIGURES]
         style = "dim" if note.startswith("alias of") else None
         table.add_row(*cells, style=style)
     return table

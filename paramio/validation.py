@@ -3,6 +3,7 @@ the file whole?"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from .checksum import digest, tensor_bytes
 from .errors import FormatError, MissingFileError, ParamioError
 from .locations import open_source
 from .manifest import Manifest, Signature
+from .stats import nonfinite_counts
 from .stored import Stored
 from .ties import tie_differences, tie_partition
 
@@ -31,6 +33,7 @@ class Report:
     manifest: Manifest | None = None
     notes: tuple[str, ...] = field(default=())
     audit: Audit | None = None
+    nonfinite: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)  # name -> (NaN, +Inf, -Inf)
 
     @property
     def ok(self) -> bool:
@@ -96,9 +99,9 @@ def _against(against: object) -> Signature:
 
 
 def validate(path: str | Path, against: nn.Module | Signature | str | Path | None = None, *,
-             verify: bool = True) -> Report:
-    """Check a file whole: manifest schema, file vs manifest, checksums, the tie audit, and ``against`` when
-    given.
+             verify: bool = True, finite: bool = False) -> Report:
+    """Check a file whole: manifest schema, file vs manifest, checksums, the tie audit, ``against`` when
+    given, and with ``finite`` that no tensor holds NaN or Inf (counted in the same pass as the checksums).
 
     An unreadable file raises :class:`FormatError`; every other finding is a line in ``Report.problems``. It
     agrees with ``load_into``: what that accepts (a model alias the file drops, a model tie stored as equal
@@ -115,6 +118,7 @@ def validate(path: str | Path, against: nn.Module | Signature | str | Path | Non
         stored = source.stored_names()
         candidates = digest_candidates(manifest)
         digests: dict[str, str] = {}
+        nonfinite: dict[str, tuple[int, int, int]] = {}
         for entry in manifest.tensors:
             if entry.name not in stored:
                 continue
@@ -125,9 +129,14 @@ def validate(path: str | Path, against: nn.Module | Signature | str | Path | Non
                 continue
             if entry.name in candidates:
                 digests[entry.name] = digest(tensor_bytes(tensor), "xxh3_64")
+            if finite:
+                counts = nonfinite_counts(tensor)
+                if any(counts):
+                    nonfinite[entry.name] = counts
+                    problems.append(_nonfinite_line(entry.name, counts))
             del tensor
         found = None
-        if not problems:  # a damaged file gets its problems, not guesses from its bytes
+        if len(problems) == len(nonfinite):  # a damaged file gets its problems, not guesses from its bytes
             found = audit_stored(Stored(manifest, str(path), source=source, verify=False), expected, digests)
         derived = not source.has_manifest or manifest.model_class is None
     if expected is not None:
@@ -137,4 +146,10 @@ def validate(path: str | Path, against: nn.Module | Signature | str | Path | Non
     if found is not None:
         problems += found.problems
         notes = found.notes
-    return Report(str(path), tuple(problems), manifest, notes, found)
+    return Report(str(path), tuple(problems), manifest, notes, found, nonfinite)
+
+
+def _nonfinite_line(name: str, counts: tuple[int, int, int]) -> str:
+    nan, posinf, neginf = counts
+    parts = [f"{n:,} {what}" for n, what in ((nan, "NaN"), (posinf, "+Inf"), (neginf, "-Inf")) if n]
+    return f"tensor `{name}`: {', '.join(parts)} (not finite)"

@@ -10,14 +10,16 @@ import contextlib
 import math
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
 from ..errors import FormatError, ParamioError
 
-__all__ = ["stdout", "stderr", "status", "one_line", "json_number", "write_text", "progress"]
+__all__ = ["stdout", "stderr", "status", "one_line", "json_number", "write_text", "progress", "print_findings",
+           "audit_json"]
 
 
 def stdout() -> Console:
@@ -83,3 +85,17 @@ def progress(total: Callable[[], int], verb: str = "converting") -> Iterator[Cal
             bar.update(task, advance=nbytes, description=name)
 
         yield advance
+
+
+def print_findings(console: Console, lines: Sequence[str], word: str) -> None:
+    """Findings under the table, one per line: ``note: …`` (the tie audit) or ``  - …`` (problems)."""
+    for line in lines:
+        console.print(f"{word}: {line}", soft_wrap=True)
+
+
+def audit_json(found: Any) -> dict[str, Any]:
+    """The tie audit (:class:`paramio.Audit`) as JSON."""
+    return {"suspected_ties": [list(g) for g in found.suspected_ties],
+            "restorable": [list(g) for g in found.restorable], "mismatched": [list(g) for g in found.mismatched],
+            "dropped": {a: found.dropped_from[a] for a in found.dropped}, "notes": list(found.notes),
+            "problems": list(found.problems)}

@@ -15,7 +15,7 @@ import paramio
 
 from ...display import manifest_table, summary
 from ..app import app
-from ..render import json_number, stdout
+from ..render import audit_json, print_findings, stdout
 
 __all__ = ["inspect"]
 
@@ -36,20 +36,29 @@ def inspect(
     file: Annotated[Path, typer.Argument(metavar="FILE", help="A checkpoint file.", show_default=False)],
     json_: Annotated[bool, typer.Option("--json", help="Print JSON to stdout: {file, format, manifest[, stats]}.")
                      ] = False,
-    stats: Annotated[bool, typer.Option("--stats", help="Add mean/std/min/max/norm per tensor (reads the data; "
-                                        "checksums are verified).")] = False,
+    stats: Annotated[bool, typer.Option("--stats", help="Add mean/std/min/max/norm, zeros and NaN/Inf counts per "
+                                        "tensor, and the tie audit (reads the data; checksums are verified).")
+                     ] = False,
 ) -> None:
     """List every name in FILE: dtype, shape, ties, checksum. Reads no tensor data without --stats."""
+    from ...audit import audit_stored
     from ...locations import locate
-    from ...stats import read_stats
+    from ...stats import stats_of
+    from ...stored import open_stored
 
     manifest = paramio.read_manifest(file)
-    numbers = read_stats(file) if stats else None
+    numbers = found = None
+    if stats:
+        with open_stored(file) as stored:
+            numbers = stats_of(stored)
+            found = audit_stored(stored)
     fmt = locate(file).format
     if json_:
         payload: dict[str, Any] = {"file": str(file), "format": fmt, "manifest": json.loads(manifest.to_json())}
-        if numbers is not None:
-            payload["stats"] = {n: {k: json_number(v) for k, v in s.items()} for n, s in numbers.items()}
+        if numbers is not None and found is not None:
+            payload["stats"] = {s.name: s.to_json() for s in numbers.stored}
+            payload["summary"] = numbers.summary()
+            payload["audit"] = audit_json(found)
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
         return
     console = stdout()
@@ -57,4 +66,7 @@ def inspect(
     console.print(summary(manifest))
     if manifest.metadata:
         console.print("metadata: " + ", ".join(f"{k}={v}" for k, v in manifest.metadata.items()))
-    console.print(manifest_table(manifest, numbers))
+    console.print(manifest_table(manifest, None if numbers is None else {s.name: s for s in numbers.stored}))
+    if numbers is not None and found is not None:
+        console.print(numbers.summary(), soft_wrap=True)
+        print_findings(console, found.notes, "note")
