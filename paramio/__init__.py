@@ -18,6 +18,18 @@ from .ties import find_ties
 from .validation import Report, signature, validate
 from .writing import save
 
+
+
+def __getattr__(name: str) -> object:
+    """``paramio.dcp`` imported on first use: it imports torch.distributed.checkpoint, which most users of
+    ``import paramio`` never need."""
+    if name == "dcp":
+        import importlib
+
+        return importlib.import_module(".dcp", __name__)
+    raise AttributeError(f"module 'paramio' has no attribute {name!r}")
+
+
 __all__ = [
     "__version__",
     "errors",

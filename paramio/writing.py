@@ -130,7 +130,7 @@ def save(obj: nn.Module | Mapping[str, torch.Tensor] | Checkpoint, path: str | P
     processes that read it and across a crash of this one, not across a power loss (see
     :mod:`paramio.atomic`)."""
     location = locate_output(path, format, max_shard_size=max_shard_size)
-    unknown = set(options) - set(by_name(location.format).options)
+    unknown = set(options) - (set(by_name(location.format).options) if location.kind != "dcp" else set())
     if unknown:
         raise TypeError(f"save() got options {sorted(unknown)} that format {location.format} does not take")
     ck = as_checkpoint(obj, grads=grads, metadata=metadata)
