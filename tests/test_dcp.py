@@ -4,6 +4,7 @@ copies and never invented, and a hostile ``.metadata`` or data file refused with
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import warnings
@@ -316,3 +317,39 @@ def test_import_paramio_does_not_import_dcp() -> None:
             "print('torch.distributed.checkpoint' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+# -- the command line ---------------------------------------------------------------------------------------
+def _cli(*args: str | Path, code: int = 0) -> str:
+    from typer.testing import CliRunner
+
+    from paramio.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == code, result.output
+    return result.output
+
+
+def test_cli_inspect_shows_chunks_and_ranks(lm_ckpt: Path) -> None:
+    out = _cli("inspect", lm_ckpt)
+    assert "chunks (torch.distributed.checkpoint)" in out and "__0_0.distcp" in out
+    payload = json.loads(_cli("inspect", lm_ckpt, "--json"))
+    rows = {r["name"]: r for r in payload["chunks"]}
+    assert payload["format"] == "dcp" and rows["embed.weight"]["ranks"] == [0]
+    assert rows["embed.weight"]["chunks"][0]["sizes"] == [32, 16]
+
+
+def test_cli_converts_dcp_to_safetensors_and_back(lm_ckpt: Path, tmp_path: Path) -> None:
+    _cli("convert", lm_ckpt, tmp_path / "model.safetensors")
+    _cli("convert", tmp_path / "model.safetensors", tmp_path / "again", "--format", "dcp")
+    assert paramio.diff(lm_ckpt, tmp_path / "again").equal
+
+
+def test_cli_refuses_metadata_that_would_run_code(lm_ckpt: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    _rewrite(lm_ckpt, lambda md: setattr(md, "planner_data", {"x": _Marker(marker)}))
+    for args in (["inspect", lm_ckpt], ["validate", lm_ckpt], ["convert", lm_ckpt, tmp_path / "o.safetensors"],
+                 ["diff", lm_ckpt, lm_ckpt], ["inspect", lm_ckpt, "--stats"]):
+        out = _cli(*args, code=2)
+        assert "refuses `builtins.exec`" in out and "Traceback" not in out
+    assert not marker.exists()

@@ -18,8 +18,8 @@ if TYPE_CHECKING:
 __all__ = ["FormatName", "ChecksumChoice", "ExampleInput", "parse_example_input", "example_tensors",
            "parse_metadata", "check_dtype", "ExampleInputs", "Durable", "DtypeOption"]
 
-#: ``--format`` choices: the registry's format names.
-FormatName = enum.Enum("FormatName", {name: name for name in FORMATS}, type=str)
+#: ``--format`` choices: the registry's format names, and ``dcp`` (a torch.distributed.checkpoint folder).
+FormatName = enum.Enum("FormatName", {**{name: name for name in FORMATS}, "dcp": "dcp"}, type=str)
 
 
 class ChecksumChoice(str, enum.Enum):

@@ -16,6 +16,7 @@ import io
 import json
 import os
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -28,7 +29,7 @@ from ..manifest import TensorEntry
 from .base import Location, Source
 from .dcp_metadata import METADATA_NAME, Chunk, DCPTensor, Layout, read_layout
 
-__all__ = ["DCPSource", "is_dcp_folder", "chunk_key", "METADATA_NAME"]
+__all__ = ["DCPSource", "is_dcp_folder", "chunk_key", "chunk_rows", "METADATA_NAME"]
 
 
 def is_dcp_folder(path: Path) -> bool:
@@ -39,6 +40,20 @@ def is_dcp_folder(path: Path) -> bool:
 def chunk_key(offsets: tuple[int, ...]) -> str:
     """How paramio's chunk checksum table names a chunk: its offsets, comma-separated."""
     return ",".join(map(str, offsets))
+
+
+_RANK = re.compile(r"__(\d+)_")
+
+
+def chunk_rows(folder: Path) -> list[dict[str, object]]:
+    """Per stored tensor of a DCP folder: its chunks (offsets, sizes, data file) and the ranks that wrote
+    them (from the data file names ``__<rank>_<n>.distcp``), for ``paramio inspect``."""
+    rows = []
+    for tensor in read_layout(folder).tensors:
+        chunks = [{"offsets": list(c.offsets), "sizes": list(c.sizes), "file": c.file} for c in tensor.chunks]
+        ranks = sorted({int(m.group(1)) for c in tensor.chunks if (m := _RANK.match(c.file))})
+        rows.append({"name": tensor.name, "chunks": chunks, "ranks": ranks})
+    return rows
 
 
 class _RangeReader(io.RawIOBase):

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.table import Table
 from rich.text import Text
 
 import paramio
@@ -33,7 +34,8 @@ def _head(file: Path, fmt: str, manifest: paramio.Manifest) -> str:
 
 @app.command()
 def inspect(
-    file: Annotated[Path, typer.Argument(metavar="FILE", help="A checkpoint file.", show_default=False)],
+    file: Annotated[Path, typer.Argument(metavar="FILE", show_default=False,
+                                         help="A checkpoint: a file, a sharded folder or a DCP folder.")],
     json_: Annotated[bool, typer.Option("--json", help="Print JSON to stdout: {file, format, manifest[, stats]}.")
                      ] = False,
     stats: Annotated[bool, typer.Option("--stats", help="Add mean/std/min/max/norm, zeros and NaN/Inf counts per "
@@ -52,9 +54,13 @@ def inspect(
         with open_stored(file) as stored:
             numbers = stats_of(stored)
             found = audit_stored(stored)
-    fmt = locate(file).format
+    location = locate(file)
+    fmt = location.format
+    chunks = _chunks(location.root) if location.kind == "dcp" else None
     if json_:
         payload: dict[str, Any] = {"file": str(file), "format": fmt, "manifest": json.loads(manifest.to_json())}
+        if chunks is not None:
+            payload["chunks"] = chunks
         if numbers is not None and found is not None:
             payload["stats"] = {s.name: s.to_json() for s in numbers.stored}
             payload["summary"] = numbers.summary()
@@ -70,3 +76,22 @@ def inspect(
     if numbers is not None and found is not None:
         console.print(numbers.summary(), soft_wrap=True)
         print_findings(console, found.notes, "note")
+    if chunks is not None:
+        console.print(_chunk_table(chunks))
+
+
+def _chunks(folder: Path) -> list[dict[str, Any]]:
+    from ...locations.dcp import chunk_rows
+
+    return chunk_rows(folder)
+
+
+def _chunk_table(rows: list[dict[str, Any]]) -> Table:
+    """A DCP folder's tensors as the ranks stored them: how many chunks, which ranks, where."""
+    table = Table(title="chunks (torch.distributed.checkpoint)", title_justify="left", header_style="bold")
+    for column in ("name", "chunks", "ranks", "offsets → sizes @ file"):
+        table.add_column(column, justify="right" if column == "chunks" else "left", overflow="fold")
+    for row in rows:
+        pieces = "; ".join(f"{c['offsets']} → {c['sizes']} @ {c['file']}" for c in row["chunks"])
+        table.add_row(row["name"], str(len(row["chunks"])), ", ".join(map(str, row["ranks"])), pieces)
+    return table
