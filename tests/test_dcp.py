@@ -67,6 +67,14 @@ def test_load_into_restores_the_models_tie_from_equal_copies(lm_ckpt: Path) -> N
     assert model.embed.weight.grad is model.head.weight.grad
 
 
+def test_audit_lists_the_stored_copies_as_restorable(lm_ckpt: Path) -> None:
+    audit = paramio.audit(lm_ckpt, against=tiny_lm())
+    assert audit.restorable == (("embed.weight", "head.weight"),) and not audit.mismatched
+    assert paramio.validate(lm_ckpt, against=tiny_lm()).ok
+    assert paramio.stats(lm_ckpt).tensors["head.weight"].l2_norm == pytest.approx(
+        float(tiny_lm().embed.weight.norm()))
+
+
 def test_load_into_reports_a_tie_broken_during_training(tmp_path: Path) -> None:
     state = tiny_lm().state_dict()
     state["head.weight"] = state["head.weight"] + 1  # the two copies drifted apart

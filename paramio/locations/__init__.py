@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import Staging
-from ..errors import FormatError
+from ..errors import FormatError, MissingFileError
 from ..formats.registry import for_path
 from ..manifest import Manifest
 from .base import Location, Sink, Source, WriteResult
@@ -28,6 +28,8 @@ def locate(path: str | Path, format: str | None = None) -> Location:
         return Location(path, "dcp", "dcp", root)
     if path.is_dir():
         return locate_folder(path, format)
+    if not path.suffix and not path.exists():  # a folder that is not there (a DCP or sharded checkpoint)
+        raise MissingFileError(path)
     if path.name.endswith(INDEX_SUFFIX):
         return locate_index(path, format)
     fmt = for_path(path, format)

@@ -107,14 +107,15 @@ class DCPSource(Source):
                             manifest_json=self.layout.manifest_json)
 
     def _stored_per_manifest(self, stored: tuple[StoredTensor, ...]) -> tuple[StoredTensor, ...]:
-        """A paramio-written folder lists its aliases too (so that stock ``dcp.load`` fills them); they are
-        names of the canonical's bytes, not stored tensors."""
+        """A paramio-written folder lists its aliases and views too (so that stock ``dcp.load`` fills them);
+        they are names over a stored tensor's bytes, not stored tensors."""
         try:
-            aliases = {a for g in json.loads(self.layout.manifest_json or "{}").get("ties", ())
-                       for a in g.get("aliases", ())}
+            manifest = json.loads(self.layout.manifest_json or "{}")
+            names = {a for g in manifest.get("ties", ()) for a in g.get("aliases", ())}
+            names |= {v.get("name") for v in manifest.get("views", ())}
         except (ValueError, AttributeError, TypeError):
             return stored  # the manifest check reports it
-        return tuple(s for s in stored if s.name not in aliases)
+        return tuple(s for s in stored if s.name not in names)
 
     def file_of(self, name: str) -> str:
         tensor = self._tensors.get(name)

@@ -3,9 +3,10 @@
 stock ``dcp.load`` (to any world size) and ``dcp_to_torch_save`` read it.
 
 Each stored tensor is one ``torch.save`` record in the data file, one chunk covering the whole tensor; each
-alias is a metadata entry whose storage record points at its canonical's bytes. The manifest travels in the
-metadata's ``planner_data``; ``.metadata`` is renamed into place last (:func:`paramio.dcp.commit_metadata`),
-after the data file, which gets a new name when a previous checkpoint's files are in the folder.
+alias is a metadata entry whose storage record points at its canonical's bytes; a partial alias (a view) is
+stored as the tensor it shows (stock DCP has no views) and recorded as a view in the manifest. The manifest
+travels in the metadata's ``planner_data``; ``.metadata`` is staged first so that the staging renames it
+last, after the data file, which gets a new name when a previous checkpoint's files are in the folder.
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ from typing import Any
 import torch
 
 from ..atomic import Staging
-from ..errors import TieError
 from ..manifest import Manifest, TensorEntry
+from ..ties import view_of
 from .base import Location, Sink, WriteResult
-from .file import with_checksum
 from .dcp_metadata import METADATA_NAME, PLANNER_MANIFEST_KEY
+from .file import with_checksum
 
 __all__ = ["DCPSink", "remove_unused_data"]
 
@@ -68,10 +69,6 @@ class DCPSink(Sink):
     def __init__(self, location: Location, staging: Staging, manifest: Manifest, algorithm: str | None,
                  options: Mapping[str, Any]) -> None:
         super().__init__(location, staging, manifest, algorithm, options)
-        if manifest.views:
-            names = ", ".join(f"`{v.name}` (a view of `{v.base}`)" for v in manifest.views)
-            raise TieError(f"{location}: {names}: DCP folders cannot hold partial aliases; save them as separate "
-                           "tensors (.clone()) or choose a format that keeps views (safetensors, .pt)")
         self.folder = location.root
         self.folder.mkdir(parents=True, exist_ok=True)
         self.data_name = _data_name(self.folder)
@@ -87,11 +84,19 @@ class DCPSink(Sink):
 
         if tensor.untyped_storage().nbytes() != tensor.nbytes:
             tensor = tensor.clone()  # torch.save writes the whole storage: only the tensor's own bytes
+        self._records[entry.name] = self._record(tensor)
+        self._sums[entry.name] = digest(tensor_bytes(tensor), self.algorithm) if self.algorithm else None
+        for view in (v for v in self.manifest.views if v.base == entry.name):
+            # Stock DCP has no views: each is also stored as the tensor it shows, so that dcp.load fills it;
+            # the manifest records it as a view, so that paramio rebuilds it over its base.
+            self._records[view.name] = self._record(view_of(tensor, view).contiguous())
+        return WriteResult(entry.name, self.data_name, tensor.nbytes)
+
+    def _record(self, tensor: torch.Tensor) -> tuple[int, int]:
+        """Append one ``torch.save`` record; its byte range in the data file."""
         start = self._fh.tell()
         torch.save(tensor, _Appender(self._fh))
-        self._records[entry.name] = (start, self._fh.tell() - start)
-        self._sums[entry.name] = digest(tensor_bytes(tensor), self.algorithm) if self.algorithm else None
-        return WriteResult(entry.name, self.data_name, tensor.nbytes)
+        return start, self._fh.tell() - start
 
     def finish(self) -> Manifest:
         final = self.manifest.model_copy(update={"tensors": tuple(
@@ -113,15 +118,18 @@ class DCPSink(Sink):
         from ..dtypes import DTYPES
 
         entries, storage = {}, {}
-        places = {t.name: (t, self._records[t.name]) for t in manifest.tensors}
+        dtypes = {t.name: t.dtype for t in manifest.tensors}
+        places = {t.name: (t.dtype, t.shape, self._records[t.name]) for t in manifest.tensors}
+        places.update({v.name: (dtypes[v.base], v.shape, self._records[v.name]) for v in manifest.views})
         for group in manifest.ties:
             places.update({alias: places[group.canonical] for alias in group.aliases})
-        order = [n for t in manifest.tensors for n in (t.name, *self._aliases(manifest, t.name))]
+        stored = [t.name for t in manifest.tensors] + [v.name for v in manifest.views]
+        order = [n for name in stored for n in (name, *self._aliases(manifest, name))]
         for name in order:
-            entry, (offset, length) = places[name]
-            size = torch.Size(entry.shape)
-            zeros = torch.Size([0] * len(entry.shape))
-            entries[name] = TensorStorageMetadata(TensorProperties(dtype=DTYPES[entry.dtype]), size,
+            dtype, shape, (offset, length) = places[name]
+            size = torch.Size(shape)
+            zeros = torch.Size([0] * len(shape))
+            entries[name] = TensorStorageMetadata(TensorProperties(dtype=DTYPES[dtype]), size,
                                                   [ChunkStorageMetadata(offsets=zeros, sizes=size)])
             storage[MetadataIndex(name, zeros, 0)] = _StorageInfo(self.data_name, offset, length)
         return Metadata(entries, planner_data={PLANNER_MANIFEST_KEY: manifest.to_json()}, storage_data=storage,
