@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import cases
+from benchmarks import dcp as bench_dcp
 from benchmarks.tools import FORMATS, LIMITS, SUFFIX, path_for
 
 __all__ = ["main", "Job", "TARGETS"]
@@ -334,6 +335,11 @@ def target_rows(results: dict, specs: dict[str, cases.Spec]) -> tuple[str, int, 
     out = ("### Targets\n\n| target | measured | limit | met | paramio vs the machine's limit |\n"
            "|---|---|---|---|---|\n")
     met = total = 0
+    for title, shown, limit_text, ok in (bench_dcp.dcp_targets(specs["gpt2"], results, _dcp_job)
+                                         if "gpt2" in specs else ()):
+        total += 1
+        met += ok
+        out += f"| {title} | {shown} | {limit_text} | {'yes' if ok else '**no**'} | |\n"
     for t in TARGETS:
         if t.metric == "convert":
             rs = results.get(Job("big", "safetensors", "paramio", "convert"))
@@ -391,6 +397,21 @@ def _header(scale: str, runs: int, formats: Sequence[str]) -> str:
             f"right before the operation (x the checkpoint's bytes).\n")
 
 
+# -- torch.distributed.checkpoint ----------------------------------------------------------------------
+def _dcp_job(side: str, action: str) -> Job:
+    return Job("gpt2", "dcp", side, action)
+
+
+def _dcp_phase(folder: Path, scale: str, runs: int, results: dict) -> None:
+    """Stock ``dcp.save`` once (what the converts read), then the four jobs interleaved; folders removed."""
+    _interleave([_dcp_job("stock", "save")], 1, folder, scale, {}, "dcp prepare")
+    _interleave([_dcp_job(side, action) for side, action in bench_dcp.JOBS], runs, folder, scale, results, "dcp")
+    for p in folder.glob("gpt2.*.dcp"):
+        shutil.rmtree(p, ignore_errors=True)
+    for p in folder.glob("gpt2.*.convert.safetensors"):
+        p.unlink()
+
+
 # -- main ----------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
@@ -398,7 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", choices=cases.SCALES, help="case size (default full, or quick with --quick)")
     ap.add_argument("--runs", type=int, help="interleaved runs per phase (default 5, or 2 with --quick)")
     ap.add_argument("--cases", default=",".join(cases.CASES), help="comma-separated subset of small,gpt2,big")
-    ap.add_argument("--formats", default=",".join(FORMATS), help="comma-separated subset of formats")
+    ap.add_argument("--formats", default=",".join((*FORMATS, "dcp")),
+                    help="comma-separated subset of formats (dcp: the torch.distributed.checkpoint phase)")
     ap.add_argument("--tmp", type=Path, help="parent folder for the temporary checkpoints (never the repo)")
     ap.add_argument("--json", type=Path, help="also write every raw measurement here")
     ap.add_argument("--keep", action="store_true", help="keep the temporary checkpoints")
@@ -414,7 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(wanted_cases) - set(cases.CASES)
     if unknown:
         ap.error(f"unknown cases {sorted(unknown)}")
-    formats = available_formats([f for f in args.formats.split(",") if f])
+    with_dcp = "dcp" in args.formats.split(",")
+    formats = available_formats([f for f in args.formats.split(",") if f and f != "dcp"])
     specs = {c: cases.spec(c, scale) for c in wanted_cases}
 
     folder = Path(tempfile.mkdtemp(prefix="paramio-bench-", dir=args.tmp))
@@ -450,6 +473,8 @@ def main(argv: list[str] | None = None) -> int:
                 _interleave([job], min(runs, 3), folder, scale, results, "big",
                             {job: folder / "big.convert.h5"})
                 (folder / "big.convert.h5").unlink(missing_ok=True)
+        if with_dcp and "gpt2" in specs:
+            _dcp_phase(folder, scale, runs, results)
         meta = [Job(c, f, "paramio", a) for f in formats for a in ("read_manifest", "inspect")
                 for c in ("gpt2", "big") if c in specs and path_for(folder, c, f, "paramio").exists()]
         _interleave(meta, runs, folder, scale, results, "meta")
@@ -469,6 +494,8 @@ def main(argv: list[str] | None = None) -> int:
         report.append(big_table(specs["big"], formats, results))
     if any(j.action in ("read_manifest", "inspect") for j in results):
         report.append(meta_table(formats, results))
+    if any(j.fmt == "dcp" for j in results):
+        report.append(bench_dcp.dcp_table(specs["gpt2"], results, _dcp_job, _time_cell, _mem_cell))
     rows, met, total = target_rows(results, specs)
     report.append(rows + f"\n{met} of {total} targets met"
                   + ("" if scale == "full" else f" (scale {scale}: targets are stated for the full cases)") + ".\n")

@@ -92,6 +92,10 @@ def run_job(case: str, scale: str, fmt: str, side: str, action: str, folder: Pat
     from benchmarks import cases
     from benchmarks.tools import path_for, prepare
 
+    if fmt == "dcp":
+        from benchmarks import dcp
+
+        return dcp.run_job(case, scale, side, action, folder)
     spec = cases.spec(case, scale)
     path = path_for(folder, case, fmt, side)
     try:

@@ -26,12 +26,10 @@ Order of calls, as ``dcp.save`` makes them::
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
 import pickle
-import re
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -47,23 +45,23 @@ from torch.distributed.checkpoint.planner import SavePlan, WriteItemType
 from torch.distributed.checkpoint.storage import WriteResult
 from torch.futures import Future
 
+from .atomic import staged
 from .checkpoint import producer
 from .checksum import digest, resolve, tensor_bytes
 from .dtypes import DTYPES, dtype_name
 from .locations.dcp import chunk_key
-from .locations.dcp_sink import remove_unused_data
 from .locations.dcp_metadata import METADATA_NAME, PLANNER_CHUNKS_KEY, PLANNER_MANIFEST_KEY
+from .locations.dcp_sink import DATA_FILE, remove_unused_data
 from .manifest import Manifest, TensorEntry, TieGroup
 from .ties import identity_groups
 
-__all__ = ["StorageWriter", "SavePlanner", "local_ties", "build_manifest"]
+__all__ = ["SavePlanner", "StorageWriter", "build_manifest", "local_ties"]
 
 #: Where a rank's names, ties and kinds travel to the coordinator inside its plan's planner_data.
 _RANK_KEY = "paramio.rank"
 #: The index of the extra write result in which a rank reports its chunk checksums and ties.
 _REPORT = "paramio.report"
 _ALIAS = "paramio.alias"
-_DATA_FILE = re.compile(r"__\d+_.*\.distcp")
 
 
 def _local(value: object) -> torch.Tensor | None:
@@ -207,7 +205,7 @@ class StorageWriter(FileSystemWriter):
         folder = Path(self.path)
         # Over a previous checkpoint, new data files get names of their own, so that the old .metadata keeps
         # pointing at whole files until the new one replaces it.
-        tag = f"{uuid.uuid4().hex[:8]}_" if any(_DATA_FILE.fullmatch(p.name) for p in folder.iterdir()) else ""
+        tag = f"{uuid.uuid4().hex[:8]}_" if any(DATA_FILE.fullmatch(p.name) for p in folder.iterdir()) else ""
         return [dataclasses.replace(plan, storage_data=_StoragePrefix(f"__{i}_{tag}")) for i, plan in enumerate(plans)]
 
     def write_data(self, plan: SavePlan, planner: Any) -> Future[list[WriteResult]]:
@@ -269,24 +267,10 @@ class StorageWriter(FileSystemWriter):
 def commit_metadata(folder: Path, metadata: Metadata, *, durable: bool = True) -> None:
     """Write ``.metadata`` under a temporary name, fsync, rename it into place (the commit point), then
     remove the data files of an earlier checkpoint that the new metadata does not name."""
-    final = folder / METADATA_NAME
-    temp = folder / f".metadata.{uuid.uuid4().hex}.partial"
-    try:
+    used = {info.relative_path for info in metadata.storage_data.values()}
+    with staged(durable) as staging:
+        temp = staging.temp_for(folder / METADATA_NAME)
         with open(temp, "wb") as fh:
             pickle.dump(metadata, fh)
-            fh.flush()
-            if durable:
-                os.fsync(fh.fileno())
-        os.replace(temp, final)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temp.unlink()
-        raise
-    if durable:
-        with contextlib.suppress(OSError):
-            fd = os.open(folder, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    remove_unused_data(folder, {info.relative_path for info in metadata.storage_data.values()})
+            staging.sync(fh)
+        staging.after_commit(lambda: remove_unused_data(folder, used))

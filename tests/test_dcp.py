@@ -18,7 +18,7 @@ import paramio
 from paramio.errors import FormatError, ValidationError
 from paramio.examples import tiny_lm
 
-from .conformance import DTYPES, sample, same
+from .conformance import DTYPES, same, sample
 from .conftest import untied_lm
 
 
@@ -124,28 +124,28 @@ class _Marker:
     def __init__(self, marker: Path) -> None:
         self.marker = marker
 
-    def __reduce__(self):  # noqa: ANN204
+    def __reduce__(self):
         return (exec, (f"open({str(self.marker)!r}, 'w').close()",))
 
 
-def _rewrite(folder: Path, change) -> None:  # noqa: ANN001
+def _rewrite(folder: Path, change) -> None:
     """Load our own trusted ``.metadata`` with stock pickle, change it, write it back."""
     path = folder / ".metadata"
     with open(path, "rb") as fh:
-        md = pickle.load(fh)  # noqa: S301 - the test's own file
+        md = pickle.load(fh)
     md = change(md) or md
     with open(path, "wb") as fh:
         pickle.dump(md, fh)
 
 
-def _storage(md, fqn: str):  # noqa: ANN001, ANN202
+def _storage(md, fqn: str):
     return next(k for k in md.storage_data if k.fqn == fqn)
 
 
 def test_metadata_that_would_run_code_runs_nothing(lm_ckpt: Path, tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
 
-    def evil(md):  # noqa: ANN001, ANN202
+    def evil(md):
         md.planner_data = {"x": _Marker(marker)}
 
     _rewrite(lm_ckpt, evil)
@@ -158,43 +158,43 @@ def test_metadata_that_would_run_code_runs_nothing(lm_ckpt: Path, tmp_path: Path
     assert not marker.exists()
     assert not (tmp_path / "out.safetensors").exists()
     with open(lm_ckpt / ".metadata", "rb") as fh:  # what stock DCP's plain pickle.load does with it
-        pickle.load(fh)  # noqa: S301
+        pickle.load(fh)
     assert marker.exists()
 
 
-def _past_the_file(md):  # noqa: ANN001, ANN202
+def _past_the_file(md):
     info = md.storage_data[_storage(md, "pos")]
     info.offset = 10**6
 
 
-def _overlapping(md):  # noqa: ANN001, ANN202
+def _overlapping(md):
     entry = md.state_dict_metadata["embed.weight"]
     first = entry.chunks[0]
     half = type(first)(offsets=torch.Size([0, 0]), sizes=torch.Size([16, 16]))
     entry.chunks = [first, half]
 
 
-def _escaping(name: str):  # noqa: ANN202
-    def change(md):  # noqa: ANN001, ANN202
+def _escaping(name: str):
+    def change(md):
         md.storage_data[_storage(md, "pos")].relative_path = name
     return change
 
 
-def _huge(md):  # noqa: ANN001, ANN202
+def _huge(md):
     entry = md.state_dict_metadata["pos"]
     entry.size = torch.Size([2**20, 2**20])  # 4 TiB of float32
     entry.chunks[0].sizes = entry.size
 
 
-def _missing_chunk(md):  # noqa: ANN001, ANN202
+def _missing_chunk(md):
     md.state_dict_metadata["pos"].size = torch.Size([16, 16])
 
 
-def _unknown_dtype(md):  # noqa: ANN001, ANN202
+def _unknown_dtype(md):
     md.state_dict_metadata["pos"].properties.dtype = torch.quint8
 
 
-def _not_a_record(md):  # noqa: ANN001, ANN202
+def _not_a_record(md):
     info = md.storage_data[_storage(md, "pos")]
     info.offset, info.length = info.offset + 100, info.length - 100
 
@@ -211,7 +211,7 @@ def _not_a_record(md):  # noqa: ANN001, ANN202
     (_not_a_record, r"__0_0\.distcp: chunk of `pos`.*not a torch\.save record"),
 ], ids=["offset-past-file", "overlap", "dotdot", "absolute", "missing-file", "1tb", "missing-chunk",
         "dtype", "not-a-record"])
-def test_lying_metadata_is_a_format_error_naming_the_file(lm_ckpt: Path, change, message: str) -> None:  # noqa: ANN001
+def test_lying_metadata_is_a_format_error_naming_the_file(lm_ckpt: Path, change, message: str) -> None:
     _rewrite(lm_ckpt, change)
     with pytest.raises(FormatError, match=message):
         paramio.load(lm_ckpt)
@@ -291,7 +291,7 @@ def test_overwrite_replaces_the_checkpoint_whole_and_a_failed_one_leaves_it(tmp_
 
     calls = []
 
-    def failing_save(obj, f, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+    def failing_save(obj, f, *args, **kwargs):
         calls.append(1)
         if len(calls) == 3:
             raise OSError("disk full")

@@ -5,7 +5,7 @@ the write of the data file (DCP folders have no format writer to break)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import torch
@@ -19,7 +19,7 @@ from .conformance import FormatConformance, partial_files
 
 class TestDCPConformance(FormatConformance):
     format = "dcp"
-    save_options: dict[str, Any] = {"format": "dcp"}
+    save_options: ClassVar[dict[str, Any]] = {"format": "dcp"}
 
     def target(self, folder: Path, stem: str = "checkpoint") -> Path:
         return folder / stem
@@ -29,7 +29,7 @@ class TestDCPConformance(FormatConformance):
         before = {p: p.read_bytes() for p in self.data_files(path)}
         real_save, calls = torch.save, []
 
-        def failing_save(obj, f, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        def failing_save(obj, f, *args, **kwargs):
             calls.append(obj)
             if len(calls) == 3:
                 raise OSError(28, "No space left on device")

@@ -27,7 +27,7 @@ from .conftest import untied_lm
 
 WORLD = 2
 TOKENS = torch.arange(8).view(1, 8) % 32
-TIMEOUT_S = 120
+TIMEOUT_S = 300  # a bound, not a speed target: a loaded 2-core machine takes ~15-60 s
 
 
 def _free_port() -> int:
@@ -121,7 +121,7 @@ def test_a_flipped_bit_in_a_chunk_is_caught(run: Path, tmp_path: Path) -> None:
     folder = tmp_path / "ckpt"
     shutil.copytree(run / "paramio", folder)
     with open(folder / ".metadata", "rb") as fh:
-        md = pickle.load(fh)  # noqa: S301 - the test's own file
+        md = pickle.load(fh)
     info = next(v for k, v in md.storage_data.items() if k.fqn == "mlp.0.weight" and k.offset[0] > 0)
     data = bytearray((folder / info.relative_path).read_bytes())
     chunk = paramio.load(folder)["mlp.0.weight"][16:].contiguous().view(torch.uint8).numpy().tobytes()

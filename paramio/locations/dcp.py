@@ -29,7 +29,7 @@ from ..manifest import TensorEntry
 from .base import Location, Source
 from .dcp_metadata import METADATA_NAME, Chunk, DCPTensor, Layout, read_layout
 
-__all__ = ["DCPSource", "is_dcp_folder", "chunk_key", "chunk_rows", "METADATA_NAME"]
+__all__ = ["METADATA_NAME", "DCPSource", "chunk_key", "chunk_rows", "is_dcp_folder"]
 
 
 def is_dcp_folder(path: Path) -> bool:

@@ -26,8 +26,17 @@ import torch
 from ..dtypes import DTYPES, dtype_name
 from ..errors import FormatError, MissingFileError
 
-__all__ = ["METADATA_NAME", "PLANNER_MANIFEST_KEY", "PLANNER_CHUNKS_KEY", "MAX_METADATA_BYTES", "Chunk",
-           "DCPTensor", "Layout", "read_layout", "parse_layout"]
+__all__ = [
+    "MAX_METADATA_BYTES",
+    "METADATA_NAME",
+    "PLANNER_CHUNKS_KEY",
+    "PLANNER_MANIFEST_KEY",
+    "Chunk",
+    "DCPTensor",
+    "Layout",
+    "parse_layout",
+    "read_layout",
+]
 
 METADATA_NAME = ".metadata"
 #: Keys paramio adds to the metadata's ``planner_data`` dict (DCP's own entries there are state-dict keys).
@@ -194,12 +203,6 @@ def parse_layout(data: bytes, folder: Path) -> Layout:
         raise FormatError(f"{path}: malformed DCP metadata: {type(e).__name__}: {e}") from e
 
 
-def _ints(value: object, what: str) -> tuple[int, ...]:
-    if not isinstance(value, tuple | list) or not all(type(v) is int and v >= 0 for v in value):
-        raise FormatError(f"{what}: expected a tuple of non-negative integers, found {value!r:.80}")
-    return tuple(value)
-
-
 def _of(value: object, kind: str) -> bool:
     return isinstance(value, _Record) and value.kind == kind
 
@@ -214,6 +217,11 @@ class _Checker:
 
     def fail(self, message: str) -> FormatError:
         return FormatError(f"{self.path}: {message}")
+
+    def ints(self, value: object, what: str) -> tuple[int, ...]:
+        if not isinstance(value, tuple | list) or not all(type(v) is int and v >= 0 for v in value):
+            raise self.fail(f"{what}: expected a tuple of non-negative integers, found {value!r:.80}")
+        return tuple(value)
 
     def layout(self, top: object) -> Layout:
         if not _of(top, "Metadata"):
@@ -259,7 +267,7 @@ class _Checker:
             if not _of(index, "MetadataIndex") or not _of(info, "_StorageInfo"):
                 raise self.fail("storage_data holds entries that are not DCP file storage records")
             fqn, offset = index.field("fqn"), index.field("offset")
-            where = (fqn, None if offset is None else _ints(offset, f"storage index of `{fqn}`"))
+            where = (fqn, None if offset is None else self.ints(offset, f"storage index of `{fqn}`"))
             out[where] = self._place(str(fqn), info)
         return out
 
@@ -292,7 +300,7 @@ class _Checker:
             raise self.fail(f"tensor `{name}`: no dtype in its properties")
         if dtype not in DTYPES.values():
             raise self.fail(f"tensor `{name}`: dtype {dtype} has no exact paramio dtype; refused")
-        shape = _ints(md.field("size"), f"tensor `{name}` size")
+        shape = self.ints(md.field("size"), f"tensor `{name}` size")
         chunks_md = md.field("chunks")
         if not isinstance(chunks_md, list | tuple):
             raise self.fail(f"tensor `{name}`: chunks is not a list")
@@ -304,8 +312,8 @@ class _Checker:
     def _chunk(self, name: str, md: object, shape: tuple[int, ...], itemsize: int, storage: dict) -> Chunk:
         if not _of(md, "ChunkStorageMetadata"):
             raise self.fail(f"tensor `{name}`: a chunk that is not chunk metadata")
-        offsets = _ints(md.field("offsets"), f"tensor `{name}` chunk offsets")
-        sizes = _ints(md.field("sizes"), f"tensor `{name}` chunk sizes")
+        offsets = self.ints(md.field("offsets"), f"tensor `{name}` chunk offsets")
+        sizes = self.ints(md.field("sizes"), f"tensor `{name}` chunk sizes")
         if len(offsets) != len(shape) or len(sizes) != len(shape):
             raise self.fail(f"tensor `{name}`: chunk at {list(offsets)} has another rank than the tensor {list(shape)}")
         if any(o + s > n for o, s, n in zip(offsets, sizes, shape)):

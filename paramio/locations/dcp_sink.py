@@ -28,15 +28,15 @@ from .base import Location, Sink, WriteResult
 from .dcp_metadata import METADATA_NAME, PLANNER_MANIFEST_KEY
 from .file import with_checksum
 
-__all__ = ["DCPSink", "remove_unused_data"]
+__all__ = ["DATA_FILE", "DCPSink", "remove_unused_data"]
 
-_DATA_FILE = re.compile(r"__\d+_.*\.distcp")
+DATA_FILE = re.compile(r"__\d+_.*\.distcp")
 
 
 def remove_unused_data(folder: Path, used: set[str]) -> None:
     """Remove the data files of an earlier checkpoint that the metadata now in place does not name."""
     for path in folder.iterdir():
-        if _DATA_FILE.fullmatch(path.name) and path.name not in used:
+        if DATA_FILE.fullmatch(path.name) and path.name not in used:
             with contextlib.suppress(OSError):
                 path.unlink()
 
@@ -112,8 +112,13 @@ class DCPSink(Sink):
 
     def _metadata(self, manifest: Manifest) -> Any:
         from torch.distributed.checkpoint.filesystem import CURRENT_DCP_VERSION, _StorageInfo
-        from torch.distributed.checkpoint.metadata import (ChunkStorageMetadata, Metadata, MetadataIndex,
-                                                           TensorProperties, TensorStorageMetadata)
+        from torch.distributed.checkpoint.metadata import (
+            ChunkStorageMetadata,
+            Metadata,
+            MetadataIndex,
+            TensorProperties,
+            TensorStorageMetadata,
+        )
 
         from ..dtypes import DTYPES
 
