@@ -13,6 +13,7 @@ import torch
 
 from ._gc import paused_gc
 from .checkpoint import Checkpoint
+from .devices import resolve_device
 from .checksum import algorithm_of, digest, tensor_bytes
 from .locations import Source, open_source
 from .locations.base import checksum_mismatch
@@ -79,7 +80,7 @@ def checkpoint_from(manifest: Manifest, stored: Sequence[torch.Tensor], device: 
 def load(path: str | Path, *, device: str | torch.device = "cpu", verify: bool = True,
          format: str | None = None) -> Checkpoint:
     """Every name in the checkpoint; aliases are the very same tensor object as their canonical."""
-    target = torch.device(device)
+    target = resolve_device(device)  # before any file is opened
     with open_source(path, format) as source:
         manifest = source.manifest()
         # Entries with a checksum are verified together below; the source verifies the others' parts (chunks).

@@ -16,7 +16,7 @@ meta device costs one allocation, its own), so memory stays at the model plus on
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -25,7 +25,9 @@ from torch.nn.modules.lazy import LazyModuleMixin
 
 from .checkpoint import Checkpoint
 from .checksum import algorithm_of
-from .dtypes import dtype_name
+from .dtypes import dtype_name, torch_dtype
+from .entries import module_entries
+from .upgrades import upgrades, versions_in
 from .errors import ValidationError
 from .locations import Source, open_source
 from .manifest import GRAD_PREFIX, Manifest
@@ -38,8 +40,9 @@ __all__ = ["LoadReport", "LoadPlan", "load_into", "plan_load", "apply_load"]
 class LoadReport:
     """What ``load_into`` did: names loaded, alias slots re-tied (``(alias, canonical)``: checkpoint ties the
     model lacked, and model ties the checkpoint stored as equal copies), aliases filled from their canonical,
-    parameters materialized (lazy or on the meta device), gradients restored, and the problems it tolerated
-    (``strict=False``)."""
+    parameters materialized (lazy or on the meta device), gradients restored, the model's state-dict entries
+    that are not tensors and were left as they are (``get_extra_state``: ``skipped``), and the problems it
+    tolerated (``strict=False``)."""
 
     loaded: tuple[str, ...] = ()
     retied: tuple[tuple[str, str], ...] = ()
@@ -49,6 +52,7 @@ class LoadReport:
     missing: tuple[str, ...] = ()
     unexpected: tuple[str, ...] = ()
     problems: tuple[str, ...] = field(default=())
+    skipped: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -65,17 +69,32 @@ class _Values(abc.ABC):
         self._views = {v.name: v for v in manifest.views}
         self._entries = {t.name: t for t in manifest.tensors}
         self.names = set(manifest.names())
+        self._upgraded: dict[str, torch.Tensor] = {}
+
+    def add(self, upgraded: dict[str, torch.Tensor]) -> None:
+        """Entries the model's version-aware modules add to this checkpoint (see :mod:`paramio.upgrades`)."""
+        self._upgraded = upgraded
+        self.names |= set(upgraded)
+
+    def meta_of(self, name: str) -> torch.Tensor:
+        """An empty meta tensor of the dtype and shape stored under ``name``."""
+        dtype, shape = self.signature(name)
+        return torch.empty(shape, dtype=torch_dtype(dtype), device="meta")
 
     def canonical(self, name: str) -> str:
         return self._alias.get(name, name)
 
     def kind(self, name: str) -> str:
+        if name in self._upgraded:
+            return "buffer"
         canonical = self.canonical(name)
         found = self._entries.get(canonical) or self._views.get(canonical)
         return found.kind if found is not None else "parameter"
 
     def signature(self, name: str) -> tuple[str, tuple[int, ...]]:
         """(dtype, shape) under a name, from the manifest alone."""
+        if name in self._upgraded:
+            return dtype_name(self._upgraded[name].dtype), tuple(self._upgraded[name].shape)
         canonical = self.canonical(name)
         view = self._views.get(canonical)
         if view is not None:
@@ -84,6 +103,8 @@ class _Values(abc.ABC):
         return entry.dtype, entry.shape
 
     def tensor(self, name: str, *, verify: bool = True) -> torch.Tensor:
+        if name in self._upgraded:
+            return self._upgraded[name]
         canonical = self.canonical(name)
         view = self._views.get(canonical)
         if view is not None:
@@ -412,7 +433,10 @@ def load_into(model: nn.Module, source: str | Path | Checkpoint, *, strict: bool
 
 
 def _load(model: nn.Module, values: _Values, strict: bool, retie: bool) -> LoadReport:
+    _, skipped, _ = module_entries(model)  # refuses models whose non-tensor entries hold weights (quantized)
+    values.add(upgrades(model, versions_in(values.manifest.metadata), values.names, values.meta_of))
     plan = plan_load(model, values, retie=retie)
     if strict and plan.problems:
         raise ValidationError(plan.problems, subject=f"loading into {type(model).__name__}")
-    return apply_load(model, plan, values)
+    report = apply_load(model, plan, values)
+    return replace(report, skipped=tuple(skipped)) if skipped else report

@@ -50,12 +50,16 @@ def named_tensors(obj: nn.Module | Mapping[str, torch.Tensor]) -> list[tuple[str
 
     For a module this is ``state_dict(keep_vars=True)``: parameters and persistent buffers, with the
     Parameter objects themselves so that a module reused twice shows the same object under both names.
+    Entries that are not tensors (a module's ``get_extra_state``, packed quantized parameters) are left out:
+    they cannot be tied (see :mod:`paramio.entries` for what saving does with them).
     """
     if isinstance(obj, nn.Module):
-        return list(obj.state_dict(keep_vars=True).items())
-    if isinstance(obj, Mapping):
-        return list(obj.items())
-    raise TypeError(f"expected an nn.Module or a mapping of names to tensors, got {type(obj).__name__}")
+        items = obj.state_dict(keep_vars=True).items()
+    elif isinstance(obj, Mapping):
+        items = obj.items()
+    else:
+        raise TypeError(f"expected an nn.Module or a mapping of names to tensors, got {type(obj).__name__}")
+    return [(n, t) for n, t in items if isinstance(t, torch.Tensor)]
 
 
 _LAZY = nn.parameter.UninitializedTensorMixin
@@ -63,9 +67,9 @@ _LAZY = nn.parameter.UninitializedTensorMixin
 
 def _memory_key(t: torch.Tensor) -> tuple | None:
     """What makes two tensors the same view: where their first element lies (:func:`_place`), shape,
-    strides and dtype. None for tensors whose memory cannot be compared (empty, lazy or on the meta
-    device): object identity is the only evidence for those."""
-    if isinstance(t, _LAZY) or t.is_meta or not t.numel():
+    strides and dtype. None for tensors whose memory cannot be compared (empty, lazy, on the meta device,
+    or sparse): object identity is the only evidence for those."""
+    if isinstance(t, _LAZY) or t.is_meta or t.layout != torch.strided or not t.numel():
         return None
     return (*_place(t), t.shape, t.stride(), t.dtype)
 

@@ -15,6 +15,7 @@ from .atomic import staged
 from .checkpoint import Checkpoint, collect, from_mapping
 from .checksum import resolve
 from .dtypes import DTYPES, dtype_name, is_floating
+from .entries import check_metadata, check_savable
 from .errors import FormatError, ParamioError
 from .formats.registry import by_name
 from .locations import Location, locate_output, open_sink
@@ -51,6 +52,7 @@ def cast_manifest(manifest: Manifest, dtype: str | None) -> Manifest:
 def as_checkpoint(obj: nn.Module | Mapping[str, torch.Tensor] | Checkpoint, *, grads: bool,
                   metadata: Mapping[str, str] | None) -> Checkpoint:
     if isinstance(obj, Checkpoint):
+        check_metadata(metadata)
         if metadata:
             manifest = obj.manifest.model_copy(update={"metadata": {**obj.metadata, **metadata}})
             manifest = Manifest.model_validate_json(manifest.to_json())  # re-run validators (sorting)
@@ -134,6 +136,8 @@ def save(obj: nn.Module | Mapping[str, torch.Tensor] | Checkpoint, path: str | P
     if unknown:
         raise TypeError(f"save() got options {sorted(unknown)} that format {location.format} does not take")
     ck = as_checkpoint(obj, grads=grads, metadata=metadata)
+    for entry, tensor in ck.stored():  # every refusal before the first byte is written
+        check_savable(entry.name, tensor)
     manifest = cast_manifest(ck.manifest, parse_dtype(dtype))
     opts = {**options, "example_inputs": example_inputs, "max_shard_size": max_shard_size,
             "model": obj if isinstance(obj, nn.Module) else None}

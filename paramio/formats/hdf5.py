@@ -103,6 +103,9 @@ def _check_paths(names: list[str]) -> None:
     for name in names:
         path = _path(name)
         pieces = path.split("/")
+        if "\0" in name:
+            raise FormatError(f"tensor {name!r}: HDF5 link names end at a NUL character, so this name would not read "
+                              "back; rename it")
         if any(p in ("", ".") for p in pieces):
             raise FormatError(f"tensor `{name}`: HDF5 cannot store this name (empty or `.` part between slashes)")
         parts[path] = name

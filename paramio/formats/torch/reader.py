@@ -17,13 +17,20 @@ import torch
 from ... import limits
 from ...dtypes import dtype_name
 from ...errors import FormatError
+from ...upgrades import VERSIONS_KEY, versions_of
 from ..base import MANIFEST_KEY, SKIPPED_KEY, FileContents, Reader, StoredTensor
 from .legacy import Bounded, legacy_storage_bytes
 
-__all__ = ["TorchReader"]
+__all__ = ["TorchReader", "PARALLEL_PREFIX", "STRIPPED_KEY"]
 
-#: Keys under which training checkpoints keep the model's state dict.
-_WRAPPERS = ("state_dict", "model")
+#: Keys under which training checkpoints keep the model's state dict, first match wins: the PyTorch
+#: tutorial's ``{"model_state_dict", "optimizer_state_dict", "epoch", ...}``, Lightning and timm
+#: (``state_dict``), fairseq (``model``), DeepSpeed (``module``).
+_WRAPPERS = ("model_state_dict", "state_dict", "model", "module")
+#: The prefix ``nn.DataParallel`` and ``DistributedDataParallel`` give every name of the model they wrap.
+PARALLEL_PREFIX = "module."
+#: Metadata key that says a prefix was taken off every name (a file without a paramio manifest only).
+STRIPPED_KEY = "paramio.stripped_prefix"
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
@@ -61,6 +68,13 @@ class TorchReader(Reader):
         obj = self._load(zipped)
         self._tensors, skipped, self._manifest_json = self._flatten(obj)
         self._metadata = {SKIPPED_KEY: json.dumps(skipped)} if skipped else {}
+        if self._manifest_json is None:  # a paramio manifest has its names and versions already
+            stripped = _strip_parallel_prefix(self._tensors)
+            if stripped:
+                self._metadata[STRIPPED_KEY] = PARALLEL_PREFIX
+            versions = _stripped_prefixes(versions_of(self._records)) if stripped else versions_of(self._records)
+            if versions:
+                self._metadata[VERSIONS_KEY] = json.dumps(versions)
 
     def _check_zip(self) -> None:
         """Bounds-check the archive's records before torch maps them."""
@@ -122,8 +136,8 @@ class TorchReader(Reader):
             if key is not None:
                 root = obj[key]
                 skipped = [str(k) for k in obj if k != key]
-        manifest_json = getattr(root, "_metadata", None)
-        manifest_json = manifest_json.get(MANIFEST_KEY) if isinstance(manifest_json, Mapping) else None
+        self._records = getattr(root, "_metadata", None)
+        manifest_json = self._records.get(MANIFEST_KEY) if isinstance(self._records, Mapping) else None
         if manifest_json is not None and not isinstance(manifest_json, str):
             raise FormatError(f"{self.path}: _metadata[{MANIFEST_KEY!r}] is not a string")
         tensors: dict[str, torch.Tensor] = {}
@@ -185,6 +199,28 @@ class TorchReader(Reader):
     def close(self) -> None:
         self._tensors = {}
         self._fh.close()
+
+
+def _strip_parallel_prefix(tensors: dict[str, torch.Tensor]) -> bool:
+    """Take ``module.`` off every name when every name has it (a DataParallel/DDP model's state dict, which
+    loads into the model it wraps only without it); True when it did."""
+    if not tensors or not all(n.startswith(PARALLEL_PREFIX) and len(n) > len(PARALLEL_PREFIX) for n in tensors):
+        return False
+    stripped = {n[len(PARALLEL_PREFIX):]: t for n, t in tensors.items()}
+    tensors.clear()
+    tensors.update(stripped)
+    return True
+
+
+def _stripped_prefixes(versions: dict[str, int]) -> dict[str, int]:
+    """Module version records of a stripped state dict: ``module`` is the root, ``module.x`` is ``x``."""
+    out = {}
+    for prefix, version in versions.items():
+        if prefix == PARALLEL_PREFIX[:-1]:
+            out[""] = version
+        elif prefix.startswith(PARALLEL_PREFIX):
+            out[prefix[len(PARALLEL_PREFIX):]] = version
+    return out
 
 
 def _reason(e: BaseException) -> str:

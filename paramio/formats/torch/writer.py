@@ -13,6 +13,7 @@ import torch
 from ...atomic import Staging
 from ...manifest import Manifest, TensorEntry, ViewEntry
 from ...ties import view_of
+from ...upgrades import records_for_pt
 from ..base import MANIFEST_KEY, Writer
 from .zippatch import replace_in_data_pkl
 
@@ -58,7 +59,7 @@ def _state_dict(manifest: Manifest, tensors: Mapping[str, torch.Tensor],
                 manifest_json: str) -> OrderedDict[str, torch.Tensor]:
     """Stored tensors in manifest order, each followed by its views and aliases (a canonical always comes
     before its aliases, as in the model's own state dict); ``manifest_json`` (the manifest's JSON, which the
-    caller keeps to patch) rides in ``_metadata``."""
+    caller keeps to patch) rides in ``_metadata``, with the module version records (:mod:`paramio.upgrades`)."""
     aliases: dict[str, list[str]] = {}
     for group in manifest.ties:
         aliases.setdefault(group.canonical, []).extend(group.aliases)
@@ -77,5 +78,8 @@ def _state_dict(manifest: Manifest, tensors: Mapping[str, torch.Tensor],
         put(entry.name, base)
         for view in views.get(entry.name, ()):
             put(view.name, view_of(base, view))
-    state._metadata = OrderedDict([(MANIFEST_KEY, manifest_json)])  # type: ignore[attr-defined]
+    # Module version records beside the manifest, as state_dict() makes them: load_state_dict hands each
+    # module its own (BatchNorm upgrades version-1 state dicts with them).
+    records = records_for_pt(manifest.metadata)
+    state._metadata = OrderedDict([(MANIFEST_KEY, manifest_json), *records])  # type: ignore[attr-defined]
     return state
