@@ -8,7 +8,9 @@ costs the time the disk takes to store the bytes, which tools that leave their d
 not wait for; ``durable=False`` skips it where only process failures matter (scratch space, tmpfs).
 
 A temporary is named ``.<name>.<host>-<pid>-<uuid>.partial``: no reader takes it for the checkpoint (a
-hidden name whose suffix names no format). A write that is killed (SIGKILL, power loss) cannot remove its
+hidden name whose suffix names no format); a name too long for that keeps its start and a hash of the whole
+(:func:`temp_stem`). A destination that exists and is not a regular file (a directory, a FIFO, a device
+node) is refused before anything is written. A write that is killed (SIGKILL, power loss) cannot remove its
 own; the next write of the same file removes those whose process is gone on this machine
 (:func:`remove_stale`), and leaves alone those of live writers and of other machines sharing the folder.
 """
@@ -16,16 +18,20 @@ own; the next write of the same file removes those whose process is gone on this
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
 import socket
+import stat
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
-__all__ = ["Staging", "staged", "remove_stale"]
+from .errors import FormatError
+
+__all__ = ["Staging", "staged", "remove_stale", "temp_stem", "check_destination"]
 
 _HOST = hashlib.blake2s(socket.gethostname().encode(), digest_size=4).hexdigest()
 
@@ -40,11 +46,58 @@ def _alive(pid: int) -> bool:
     return True
 
 
+#: Bytes a temporary's name adds to its stem: ``.`` + ``.<host>-<pid>-<uuid>.partial`` (a pid of up to 10 digits).
+_ADDED = 1 + len(f".{_HOST}-{'9' * 10}-{'0' * 32}.partial")
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        return 255
+
+
+def temp_stem(final: Path) -> str:
+    """The part of a temporary's name that comes from ``final``'s: the name itself, or, when the temporary
+    would not fit the folder's NAME_MAX, its start and a hash of the whole name (a checkpoint named near the
+    limit is still writable, and the same final name always gives the same stem, for :func:`remove_stale`)."""
+    name = final.name
+    room = _name_max(final.parent) - _ADDED
+    encoded = name.encode("utf-8", "surrogateescape")
+    if len(encoded) <= room:
+        return name
+    digest = hashlib.blake2s(encoded, digest_size=8).hexdigest()
+    head = encoded[: max(room - len(digest) - 1, 1)].decode("utf-8", "ignore")
+    return f"{head}~{digest}"
+
+
+def check_destination(final: Path) -> None:
+    """Refuse a destination that is not a regular file: a write renames a new file over it, which would
+    replace a directory entry such as ``/dev/null`` or a FIFO with a file (or fail on a directory after
+    writing everything)."""
+    try:
+        mode = os.stat(final).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:  # a name only staged under (ONNX data): nothing there to replace
+            return
+        raise FormatError(f"{final}: cannot write there: {e.strerror or e}") from e
+    if stat.S_ISREG(mode):
+        return
+    kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "not a regular file")
+    raise FormatError(f"{final}: {kind}, not a regular file; paramio writes a checkpoint by renaming a new file "
+                      "over the old one, which would replace it. Give a file path")
+
+
 def remove_stale(final: str | Path) -> list[Path]:
     """Remove the temporaries that killed writes of ``final`` on this machine left beside it (their process
     is gone); return what was removed. Writes call it for their own target; it is safe to call any time."""
     final = Path(final)
-    pattern = re.compile(rf"\.{re.escape(final.name)}\.([0-9a-f]{{8}})-(\d+)-[0-9a-f]{{32}}\.partial")
+    stem = re.escape(temp_stem(final))
+    pattern = re.compile(rf"\.{stem}\.([0-9a-f]{{8}})-(\d+)-[0-9a-f]{{32}}\.partial")
     removed = []
     try:
         entries = list(os.scandir(final.parent))
@@ -69,9 +122,11 @@ class Staging:
         self._after: list[Callable[[], None]] = []
 
     def temp_for(self, final: Path) -> Path:
+        """A temporary name beside ``final``, committed over it; refuses a ``final`` that is not a file."""
         final = Path(final)
+        check_destination(final)
         remove_stale(final)
-        temp = final.with_name(f".{final.name}.{_HOST}-{os.getpid()}-{uuid.uuid4().hex}.partial")
+        temp = final.with_name(f".{temp_stem(final)}.{_HOST}-{os.getpid()}-{uuid.uuid4().hex}.partial")
         self._pending.append((temp, final))
         return temp
 

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import limits
 from ._gc import paused_gc
 from .atomic import staged
 from .checkpoint import Checkpoint, collect, from_mapping
@@ -77,6 +78,7 @@ def write_stream(location: Location, manifest: Manifest, items: Iterable[tuple[T
     """
     algorithm = resolve(checksum)
     entries = manifest.tensors
+    _check_caps(location, manifest)
     try:
         with staged(durable) as staging:
             sink = open_sink(location, staging, manifest, algorithm, dict(options or {}))
@@ -104,6 +106,28 @@ def write_stream(location: Location, manifest: Manifest, items: Iterable[tuple[T
         raise
     except OSError as e:
         raise FormatError(f"{location}: cannot write: {e.strerror or e}") from e
+
+
+def _check_caps(location: Location, manifest: Manifest) -> None:
+    """Refuse, before writing, a checkpoint that reading would refuse (:mod:`paramio.limits`): more tensors
+    than the cap, or a manifest longer than it. The manifest is serialized only when a cheap upper bound of
+    its length (names escaped at worst, 21 characters a dimension, a few hundred for each entry's other fields) reaches
+    the cap, so that ordinary saves do not pay for it."""
+    count = len(manifest.tensors)
+    if count > limits.MAX_TENSORS:
+        raise FormatError(f"{location}: {count} tensors, more than the cap of {limits.MAX_TENSORS} that reading "
+                          "enforces; save them as several checkpoints")
+    names = sum(len(t.name) for t in manifest.tensors) + sum(len(v.name) + len(v.base) for v in manifest.views)
+    names += sum(len(n) for g in manifest.ties for n in g.names)
+    text = sum(len(k) + len(v) for k, v in manifest.metadata.items()) + len(manifest.model_class or "")
+    dims = sum(len(t.shape) for t in manifest.tensors) + sum(2 * len(v.shape) for v in manifest.views)
+    bound = 12 * (names + text) + 21 * dims + 400 * (count + len(manifest.views) + len(manifest.ties)) + 1000
+    if bound < limits.MAX_MANIFEST_BYTES:
+        return
+    size = len(manifest.to_json())
+    if size > limits.MAX_MANIFEST_BYTES:
+        raise FormatError(f"{location}: its manifest would be {size} characters, more than the cap of "
+                          f"{limits.MAX_MANIFEST_BYTES} that reading enforces; store less metadata")
 
 
 def _prepared(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -19,9 +19,11 @@ slower than plain h5py); chunked, filtered or foreign-byte-order datasets are re
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from math import prod
@@ -144,8 +146,26 @@ def _filters(options: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _write_errors(method: Any) -> Any:
+    """libhdf5's failures to write (a full disk, a file-size limit) come out of h5py as RuntimeError or
+    OSError with the errno in the text: a FormatError naming the file and the system's reason instead."""
+
+    @functools.wraps(method)
+    def wrapper(self: HDF5Writer, *args: Any) -> Any:
+        try:
+            return method(self, *args)
+        except (RuntimeError, OSError) as e:
+            found = re.search(r"errno = (\d+)", str(e))
+            reason = os.strerror(int(found.group(1))) if found else str(e)
+            raise FormatError(f"{self.final}: cannot write HDF5: {reason}") from e
+
+    return wrapper
+
+
 class HDF5Writer(Writer):
     """Creates each dataset as its tensor arrives; hard links and the manifest are written in ``finish``."""
+
+    @_write_errors
 
     def __init__(self, temp: Path, final: Path, staging: Staging, draft: Manifest, options: Mapping[str, Any]):
         super().__init__(temp, final, staging, draft, options)
@@ -170,6 +190,7 @@ class HDF5Writer(Writer):
             self._groups[path] = h5g.create(self._group(parent), leaf.encode(), lcpl=self._lcpl, gcpl=self._gcpl)
         return self._groups[path]
 
+    @_write_errors
     def write_tensor(self, entry: TensorEntry, tensor: torch.Tensor) -> None:
         array = _as_array(tensor, entry.dtype)
         parent, _, leaf = _path(entry.name).rpartition("/")
@@ -186,6 +207,7 @@ class HDF5Writer(Writer):
             _write_text_attr(h5py.Dataset(dsid).attrs, DTYPE_ATTR, entry.dtype)
         self._written.add(entry.name)
 
+    @_write_errors
     def finish(self, manifest: Manifest) -> None:
         root = self._file.id
         for group in manifest.ties:
@@ -200,7 +222,8 @@ class HDF5Writer(Writer):
         self._file.close()
 
     def abort(self) -> None:
-        self._file.close()
+        with contextlib.suppress(RuntimeError, OSError):  # after a failed write, closing may fail again
+            self._file.close()
 
 
 def _as_array(tensor: torch.Tensor, dtype: str) -> np.ndarray:

@@ -104,6 +104,10 @@ class SafetensorsWriter(Writer):
         self._offsets = _offsets(draft)
         self._tensors = _tensor_json(draft, self._offsets)
         self._header = _header_bytes(self._tensors, _metadata_json(draft))
+        if len(self._header) - 8 > HEADER_CAP:  # readers (safetensors' own too) refuse a larger header
+            raise FormatError(f"{final}: the safetensors header would be {len(self._header) - 8} bytes, over the "
+                              f"cap of {HEADER_CAP} that readers enforce; store less metadata, or fewer tensors "
+                              "per file (a sharded folder)")
         self._file: BinaryIO = open(temp, "wb", buffering=_BUFFER)  # small tensors: fewer syscalls
         self._file.write(self._header)
         self._index = 0

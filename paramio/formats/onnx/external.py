@@ -4,6 +4,7 @@ removed when the new model does not use it (only files bearing this name for thi
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -14,14 +15,29 @@ __all__ = ["KEY_HEX", "data_name", "data_pattern", "data_files", "own_data_files
 KEY_HEX = 16
 
 
+#: File name bytes most file systems allow (NAME_MAX).
+_NAME_MAX = 255
+
+
+def _base(model: str) -> str:
+    """The model's name as the start of its data file's name: itself, or for a name so long that the data
+    file's would pass NAME_MAX, its start and a hash of the whole (the same model name, the same base)."""
+    room = _NAME_MAX - len(f".{'0' * KEY_HEX}.data")
+    encoded = model.encode("utf-8", "surrogateescape")
+    if len(encoded) <= room:
+        return model
+    digest = hashlib.blake2s(encoded, digest_size=8).hexdigest()
+    return encoded[: room - len(digest) - 1].decode("utf-8", "ignore") + "~" + digest
+
+
 def data_name(model: str, key: str) -> str:
     """The external data file name of model file ``model`` for content hash ``key``."""
-    return f"{model}.{key}.data"
+    return f"{_base(model)}.{key}.data"
 
 
 def data_pattern(model: str) -> re.Pattern[str]:
     """paramio's own external data file names for ``model``: the only files a save ever removes."""
-    return re.compile(rf"{re.escape(model)}\.[0-9a-f]{{{KEY_HEX}}}\.data")
+    return re.compile(rf"{re.escape(_base(model))}\.[0-9a-f]{{{KEY_HEX}}}\.data")
 
 
 def data_files(model: Path) -> set[Path] | None:

@@ -6,11 +6,12 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
 from ...atomic import Staging
+from ...errors import FormatError
 from ...manifest import Manifest, TensorEntry, ViewEntry
 from ...ties import view_of
 from ...upgrades import records_for_pt
@@ -44,7 +45,13 @@ class TorchWriter(Writer):
         # To an open file, not a path: torch.save names the zip's inner folder after the file's stem, which
         # would leak the temporary name into the bytes.
         with open(self.temp, "wb") as fh:
-            torch.save(state, fh)
+            recorder = _Recorded(fh)
+            try:
+                torch.save(state, recorder)
+            except RuntimeError as e:  # torch reports a failed write as a zip position error; say why
+                if recorder.error is None:
+                    raise
+                raise FormatError(f"{self.final}: cannot write: {recorder.error.strerror or recorder.error}") from e
         self._tensors.clear()
 
     def patch(self, manifest: Manifest) -> None:
@@ -53,6 +60,29 @@ class TorchWriter(Writer):
 
     def abort(self) -> None:
         self._tensors.clear()
+
+
+class _Recorded:
+    """A file for ``torch.save`` that keeps the first OSError of a write: torch's zip writer turns it into an
+    unrelated-looking RuntimeError ("unexpected pos ...") and drops the system's reason (ENOSPC, EFBIG)."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self._fh = fh
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self._fh.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self) -> None:
+        try:
+            self._fh.flush()
+        except OSError as e:
+            self.error = self.error or e
+            raise
 
 
 def _state_dict(manifest: Manifest, tensors: Mapping[str, torch.Tensor],
