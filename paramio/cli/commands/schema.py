@@ -13,8 +13,18 @@ from ..render import status, stdout, write_text
 
 __all__ = ["schema", "SCHEMA_DIR"]
 
-#: The checked-in schemas/ folder next to the package (in a source checkout).
-SCHEMA_DIR = Path(__file__).resolve().parents[3] / "schemas"
+def _schema_dir() -> Path:
+    """The checked-in schemas/ folder in a source checkout (an editable install); else the copies an
+    installed package ships (``paramio/_schemas``, package data built from that folder)."""
+    package = Path(__file__).resolve().parents[2]
+    checkout = package.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "schemas").is_dir():
+        return checkout / "schemas"
+    return package / "_schemas"
+
+
+#: Where ``paramio schema`` writes and ``--check`` looks by default.
+SCHEMA_DIR = _schema_dir()
 
 
 @app.command()

@@ -74,13 +74,21 @@ def _quiet() -> Any:
             logger.setLevel(level)
 
 
+def _exporter_modules(where: str) -> Any:
+    """``onnx_ir``, checked with ``onnxscript`` before anything else: torch's graph exporter needs both (they
+    are paramio dependencies; an install without them gets the command that fixes it, not an ImportError)."""
+    try:
+        import onnx_ir
+        import onnxscript  # noqa: F401 - the dynamo exporter imports it
+    except ImportError as e:
+        raise FormatError(f"{where}: exporting a graph needs the onnxscript package, which is missing ({e.name}); "
+                          "install it with `pip install onnxscript` (paramio depends on it), or save without "
+                          "example_inputs for a weights-only ONNX file") from e
+    return onnx_ir
+
+
 def _run_exporter(model: nn.Module, example_inputs: Any, dynamic_shapes: Any, where: str) -> Any:
     args, kwargs = _arguments(example_inputs)
-    try:
-        import onnxscript  # noqa: F401 - the dynamo exporter needs it; say so plainly
-    except ImportError as e:
-        raise FormatError(f"{where}: exporting a graph needs the onnxscript package (pip install onnxscript); "
-                          "or save without example_inputs for a weights-only ONNX file") from e
     modes = {m: m.training for m in model.modules()}
     try:
         # An ONNX file is for inference elsewhere: export in eval mode (dropout off, batch norm on its running
@@ -117,8 +125,7 @@ def export_graph(model: nn.Module, example_inputs: Any, draft: Manifest, *, dyna
     """Export ``model``: an ``onnx.ModelProto`` whose graph refers to the stored tensors by their canonical
     names but holds no initializer for them (only the exporter's constants), and in which no other value
     carries the name of a stored tensor (the writer adds every stored tensor as an initializer)."""
-    import onnx_ir as ir
-
+    ir = _exporter_modules(where)
     state = model.state_dict(keep_vars=True)
     for entry in draft.tensors:  # refuse before the (slow) export what its result could not hold
         tensor = state.get(entry.name)
