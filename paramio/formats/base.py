@@ -92,6 +92,11 @@ class Reader(abc.ABC):
     def read(self, name: str) -> torch.Tensor:
         """One stored tensor, on the CPU, with the dtype and shape ``contents`` reported."""
 
+    def graph(self) -> Any:
+        """What the file holds beyond its tensors that only this format's writer can carry, as that writer's
+        ``graph`` option (an ONNX model's computation graph); None when there is nothing."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the file."""
 

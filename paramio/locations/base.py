@@ -152,6 +152,11 @@ class Source(abc.ABC):
         """Problems of the location beyond its manifest (a shard the index does not list)."""
         return []
 
+    def graph(self) -> object | None:
+        """A computation graph the location holds beside its tensors (an ONNX model's), as its format's writer
+        takes it (option ``graph``); None when there is none."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the files."""
 

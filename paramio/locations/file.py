@@ -76,6 +76,9 @@ class FileSource(Source):
     def read(self, name: str) -> torch.Tensor:
         return self._reader.read(name)
 
+    def graph(self) -> object | None:
+        return self._reader.graph()
+
     def close(self) -> None:
         self._reader.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -34,7 +35,16 @@ def convert(
     durable: Durable = True,
 ) -> None:
     """Convert SRC to DST one tensor at a time, ties kept (a progress bar on a terminal)."""
-    with progress(lambda: _total_bytes(src)) as advance:
-        manifest = paramio.convert(src, dst, format=format.value if format else None, dtype=dtype,
-                                   progress=advance, durable=durable)
+    from ...convert import GraphNotCarried
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", GraphNotCarried)
+        with progress(lambda: _total_bytes(src)) as advance:
+            manifest = paramio.convert(src, dst, format=format.value if format else None, dtype=dtype,
+                                       progress=advance, durable=durable)
+    for warning in caught:  # what the conversion leaves behind, one line each; other warnings as Python shows them
+        if issubclass(warning.category, GraphNotCarried):
+            status(f"warning: {warning.message}")
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
     status(f"wrote {dst}: {summary(manifest)}")

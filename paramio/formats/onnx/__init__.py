@@ -50,7 +50,8 @@ class ONNXFormat(Format):
     suffixes = (".onnx",)
     #: example_inputs: export the model's graph; external_data: True forces one data file beside the model
     #: (None: only over the 2 GB limit); dynamic_shapes: passed to torch.onnx.export.
-    options = ("example_inputs", "external_data", "dynamic_shapes")
+    #: graph: an ONNX model's graph without its stored tensors (``Reader.graph``, for convert).
+    options = ("example_inputs", "external_data", "dynamic_shapes", "graph")
 
     reader_class = ONNXReader
     writer_class = ONNXWriter

@@ -311,6 +311,16 @@ class ONNXReader(Reader):
             raise FormatError(f"{self.path}: read after close")
         return source.tensor(start, end - start, dtype).view(init.shape)
 
+    def graph(self) -> onnx.ModelProto | None:
+        """The model's computation graph without the stored tensors, uses renamed to their stored names (see
+        ``graph_copy``); None for a weights container."""
+        from .graph_copy import graph_template
+
+        stored = {init.name: name for name, init in self._by_name.items()}
+        for alias, canonical in self._contents.links.items():  # one external byte range: the canonical's
+            stored.setdefault(alias, canonical)
+        return graph_template(self._model, self._sources[self.path].fd, stored, self.path)
+
     def close(self) -> None:
         for source in self._sources.values():
             source.close()

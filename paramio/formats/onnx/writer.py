@@ -144,8 +144,11 @@ class ONNXWriter(Writer):
         for entry in draft.tensors:
             if entry.dtype not in CODES:
                 raise FormatError(f"tensor `{entry.name}`: dtype {entry.dtype} has no ONNX type")
-        model, example = options.get("model"), options.get("example_inputs")
-        if model is not None and example is not None:
+        model, example, graph = options.get("model"), options.get("example_inputs"), options.get("graph")
+        if graph is not None:  # an ONNX file's own graph, without its stored tensors (convert)
+            proto = onnx.ModelProto()
+            proto.CopyFrom(graph)
+        elif model is not None and example is not None:
             from .export import export_graph
 
             proto = export_graph(model, example, draft, dynamic_shapes=options.get("dynamic_shapes"),
