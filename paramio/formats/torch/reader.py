@@ -16,6 +16,7 @@ import torch
 
 from ... import limits
 from ...dtypes import dtype_name
+from ...entries import check_tensor
 from ...errors import FormatError
 from ...upgrades import VERSIONS_KEY, versions_of
 from ..base import MANIFEST_KEY, SKIPPED_KEY, FileContents, Reader, StoredTensor
@@ -169,14 +170,10 @@ class TorchReader(Reader):
         return tensors, skipped, manifest_json
 
     def _check(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
-        if tensor.layout != torch.strided or tensor.is_quantized:
-            kind = "quantized" if tensor.is_quantized else f"a {tensor.layout} tensor"
-            raise FormatError(f"{self.path}: tensor `{name}` is {kind}; paramio stores dense tensors only (call "
-                              ".to_dense() or .dequantize() before saving)")
         try:
-            dtype_name(tensor.dtype)
-        except ValueError as e:
-            raise FormatError(f"{self.path}: tensor `{name}`: {e}") from e
+            check_tensor(name, tensor)  # what save refuses, a file cannot bring in either
+        except FormatError as e:
+            raise FormatError(f"{self.path}: {e}") from None
         # Parameters and tensors that require grad come back detached; plain ones are already the caller's.
         return tensor if type(tensor) is torch.Tensor and not tensor.requires_grad else tensor.detach()
 
