@@ -13,6 +13,7 @@ from .diff import Diff, TensorDiff, diff
 from .manifest import Manifest, Signature, TensorEntry, TieGroup
 from .reading import load, read_manifest
 from .rebuild import LoadReport, load_into
+from .report import report
 from .stats import Stats, TensorStats, stats
 from .ties import find_ties
 from .validation import Report, signature, validate
@@ -57,4 +58,5 @@ __all__ = [
     "validate",
     "audit",
     "stats",
+    "report",
 ]

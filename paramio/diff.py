@@ -152,6 +152,8 @@ class _Sums:
 
 
 def _cosine(s: _Sums) -> float:
+    if s.max_abs == 0 and s.err2 == 0:
+        return 1.0  # equal: exactly, not 1 - 1e-16 from rounding
     if s.a2 == 0 or s.b2 == 0:
         return 1.0 if s.a2 == s.b2 else 0.0
     return max(-1.0, min(1.0, s.dot / (math.sqrt(s.a2) * math.sqrt(s.b2))))
