@@ -63,6 +63,7 @@ class Diff:
     details: Mapping[str, TensorDiff] = field(default_factory=dict)
     tie_differences: tuple[str, ...] = ()
     metadata_changed: bool = False
+    tie_groups: tuple[tuple[str, ...], ...] = ()  # A's tie groups, canonical first: what a display collapses
 
     @property
     def equal(self) -> bool:
@@ -111,7 +112,8 @@ def diff(a: object, b: object, *, tolerance: float = 0.0, values_only: bool = Fa
                     only_in_b=tuple(n for n in names_b if n not in in_a), changed=tuple(changed),
                     ties_changed=bool(tie_lines), max_abs=overall, details=details,
                     tie_differences=tuple(tie_lines),
-                    metadata_changed=sa.manifest.metadata != sb.manifest.metadata)
+                    metadata_changed=sa.manifest.metadata != sb.manifest.metadata,
+                    tie_groups=tuple(g.names for g in sa.manifest.ties))
 
 
 def _signature(t: torch.Tensor) -> str:

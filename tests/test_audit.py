@@ -75,6 +75,8 @@ def test_a_transformers_file_without_the_tied_head_validates_against_the_model(t
     assert report.ok, report.problems  # as strict load_into accepts it: the alias is filled from its canonical
     assert [n for n in report.notes if HEAD in n and "dropped" in n]
     assert paramio.audit(path).clean  # without the model, nothing to say
+    folder = paramio.validate(tmp_path / "gpt2", against=model)  # the folder, as from_pretrained reads it
+    assert folder.ok and folder.notes == report.notes, folder.problems
 
     fresh = gpt2(seed=1)
     loaded = paramio.load_into(fresh, path)
