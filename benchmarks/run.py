@@ -90,11 +90,24 @@ TARGETS: tuple[Target, ...] = (
     Target(".pt many small tensors: load (verified)", "small", "torch", "load", "load", 1.10),
     Target("convert big safetensors -> HDF5: extra peak <= largest tensor + 300 MiB", "big", "safetensors",
            "convert", "", 1.0, "convert"),
+    Target("stats vs a plain float64 torch pass over load_file", "gpt2", "safetensors", "stats", "stats", 1.2),
+    Target("stats: extra peak <= largest tensor in float64 + 300 MiB", "gpt2", "safetensors", "stats", "", 1.0,
+           "peak"),
+    Target("diff vs a perturbed copy / one plain stats pass over both", "gpt2", "safetensors", "diff", "stats2",
+           1.5),
+    Target("diff big: extra peak <= 2 x largest tensor in float64 + 300 MiB", "big", "safetensors", "diff", "",
+           2.0, "peak"),
     *(Target(f"read_manifest {f}: big / gpt2 time (constant in size)", "big", f, "read_manifest", "", 1.5,
              "constant") for f in FORMATS),
     *(Target(f"paramio inspect {f}: big / gpt2 time (constant in size)", "big", f, "inspect", "", 1.5,
              "constant") for f in FORMATS),
 )
+
+
+#: The diagnostics phase (benchmarks/diagnostics.py): stats, diff and report against a plain torch pass.
+DIAGNOSTICS = [Job("gpt2", "safetensors", "stock", "stats"), Job("gpt2", "safetensors", "paramio", "stats"),
+               Job("gpt2", "safetensors", "stock", "stats2"), Job("gpt2", "safetensors", "paramio", "diff"),
+               Job("gpt2", "safetensors", "paramio", "report")]
 
 
 # -- running -------------------------------------------------------------------------------------------
@@ -238,6 +251,10 @@ def case_table(case: str, spec: cases.Spec, formats: Sequence[str], results: dic
                          ("load (verified), external data", "paramio-ext", "load", "load")]
         if f == "torch":
             variants.append(("load vs torch.load(mmap=True)", "paramio", "load", "load_mmap"))
+        if f == "safetensors":  # the diagnostics, against a plain float64 torch pass over load_file
+            variants += [("stats vs a plain torch pass", "paramio", "stats", "stats"),
+                         ("diff vs a plain pass over both", "paramio", "diff", "stats2"),
+                         ("report .png vs a plain torch pass", "paramio", "report", "stats")]
         for label, p_side, p_action, s_action in variants:
             p = results.get(Job(case, f, p_side, p_action))
             s = results.get(Job(case, f, "stock", s_action))
@@ -341,6 +358,16 @@ def target_rows(results: dict, specs: dict[str, cases.Spec]) -> tuple[str, int, 
         met += ok
         out += f"| {title} | {shown} | {limit_text} | {'yes' if ok else '**no**'} | |\n"
     for t in TARGETS:
+        if t.metric == "peak":  # extra peak within ``limit`` float64 copies of the largest tensor + 300 MiB
+            extra = _median(results.get(Job(t.case, t.fmt, "paramio", t.paramio)), "extra")
+            if extra is None or t.case not in specs:
+                continue
+            limit = t.limit * 2 * specs[t.case].largest + 300 * MiB
+            ok = extra <= limit
+            total += 1
+            met += ok
+            out += f"| {t.title} | {extra / MiB:.0f} MiB | {limit / MiB:.0f} MiB | {'yes' if ok else '**no**'} | |\n"
+            continue
         if t.metric == "convert":
             rs = results.get(Job("big", "safetensors", "paramio", "convert"))
             extra = _median(rs, "extra")
@@ -455,6 +482,8 @@ def main(argv: list[str] | None = None) -> int:
                      for side in ("stock", "paramio") + (("paramio-ext",) if f == "onnx" else ())]
             _interleave(saves, 1, folder, scale, {}, f"{case} prepare")
             _interleave(_compare_jobs(case, formats), runs, folder, scale, results, case)
+            if case == "gpt2" and "safetensors" in formats:
+                _interleave(DIAGNOSTICS, runs, folder, scale, results, "diagnostics")
             for f in formats:  # keep paramio's gpt2 files for the meta phase
                 for side in ("stock", "paramio-ext"):
                     for p in folder.glob(f"{case}.{side}{SUFFIX[f]}*"):
@@ -468,6 +497,8 @@ def main(argv: list[str] | None = None) -> int:
                 p.unlink()
         if "big" in specs:
             _interleave([Job("big", f, "paramio", "save") for f in formats], 1, folder, scale, results, "big")
+            if "safetensors" in formats:  # diff's memory stays flat in size
+                _interleave([Job("big", "safetensors", "paramio", "diff")], 1, folder, scale, results, "big")
             if "safetensors" in formats and "hdf5" in formats:
                 job = Job("big", "safetensors", "paramio", "convert")
                 _interleave([job], min(runs, 3), folder, scale, results, "big",

@@ -245,6 +245,10 @@ def prepare(side: str, action: str, fmt: str, path: Path, make_dict: Callable[[]
     """``(timed call, whether its result is tensors to touch)`` for one operation; builds inputs now."""
     if side == "machine":
         return _limit(action, path, nbytes)
+    from benchmarks import diagnostics
+
+    if action in diagnostics.ACTIONS:
+        return diagnostics.prepare(side, action, path)
     if action in ("save", "save_nofsync"):
         # Every save writes a new file: replacing the previous run's file would add the file system's cost
         # of freeing it (here, ~0.45 s for 498 MB: ext4 mounted with `discard`), which is no tool's own.

@@ -190,6 +190,51 @@ def run_case(case: Case, out_dir: Path, formats: list[tuple[str, str]], console:
     return passed
 
 
+def _fine_tune(model: nn.Module, steps: int = 5) -> nn.Module:
+    """A copy of the tiny LM after a few AdamW steps of next-token training on random tokens (the tie is
+    kept: deepcopy copies the one Parameter once)."""
+    tuned = copy.deepcopy(model)
+    optimizer = torch.optim.AdamW(tuned.parameters(), lr=1e-2)
+    tokens = torch.randint(0, 32, (16, 9), generator=torch.Generator().manual_seed(2))
+    for _ in range(steps):
+        logits = tuned(tokens[:, :-1])
+        loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return tuned
+
+
+def look_at_the_lm(out_dir: Path, console: Console, steps: int = 5) -> bool:
+    """The report of the tiny LM and the drift of a briefly fine-tuned copy: where the files are."""
+    console.print()
+    console.print(Rule(Text(f"tiny_lm: a report, and the drift after {steps} fine-tuning steps", style="bold"),
+                       align="left"))
+    base, tuned = out_dir / "tiny_lm.safetensors", out_dir / "tiny_lm-tuned.safetensors"
+    paramio.save(tiny_lm(), base)
+    paramio.save(_fine_tune(tiny_lm(), steps), tuned)
+    moved = paramio.diff(base, tuned)
+    group = {n: g for g in moved.tie_groups for n in g}
+    for name in moved.changed:
+        if name in group and name != group[name][0]:
+            continue  # an alias: its group's line says it
+        d = moved.details[name]
+        label = " = ".join(group.get(name, (name,)))
+        change = "moved from zero" if d.rel_change == float("inf") else f"relative change {d.rel_change:.3g}"
+        console.print(f"  {label}: {change}, cosine {d.cosine:.6f}", soft_wrap=True)
+    try:
+        page = paramio.report(base, tuned, path=out_dir / "tiny_lm-report.html")
+        figure = paramio.report(base, path=out_dir / "tiny_lm-report.png")
+        drift = paramio.report(base, tuned, path=out_dir / "tiny_lm-drift.png")
+    except ImportError as e:  # the report extra is optional: say how to get it, and pass
+        console.print(f"report skipped: {e}")
+        return True
+    console.print(f"report: {page}  (one self-contained page: open it in a browser, no network needed)", soft_wrap=True)
+    console.print(f"figures: {figure} (norms, spread, histograms), {drift} (drift A -> B)", soft_wrap=True)
+    console.print(f"same from the shell: paramio report {base} {tuned} -o report.html", soft_wrap=True)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m paramio.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("demo-out"), help="folder for the files (default: demo-out)")
@@ -201,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                   Text(f": {', '.join(f for f, _ in formats)} → {args.out}/"))
     torch.manual_seed(0)
     passed = all([run_case(case, args.out, formats, console) for case in CASES])
+    passed &= look_at_the_lm(args.out, console)
     console.print(Text("every tie restored: the two names are one Parameter again, outputs are equal, and the "
                        "shared weight's gradient is the sum of both uses." if passed else
                        "some checks FAILED (see the tables above)", style="bold green" if passed else "bold red"))

@@ -45,7 +45,7 @@ def _matplotlib():
 
 
 def _label(s: TensorStats) -> str:
-    return s.name + (f"  = {', '.join(s.aliases)}" if s.aliases else "")
+    return s.name + (f" = {' = '.join(s.aliases)}" if s.aliases else "")
 
 
 def _log_bars(ax, values: Sequence[float | None], colors: Sequence[str], xlabel: str, infinite: str = "∞") -> None:
@@ -113,12 +113,12 @@ def _rows_band(page: _Page, labels: list[str], titles: tuple[str, str], draw_pai
     """A band of two panels side by side, one row per tensor, the names on the left."""
     count = len(labels)
     left = _label_width(labels) + 0.55  # the names, and the rotated axis label beside them
-    height = 0.35 + _ROW * max(count, 3) + 0.6
+    height = 0.6 + _ROW * max(count, 3) + 0.6
 
     def draw(fig, bottom: float, top: float) -> None:
         total = fig.get_figheight()
         grid = fig.add_gridspec(1, 2, left=left / _Page.WIDTH, right=1 - 0.25 / _Page.WIDTH, wspace=0.08,
-                                bottom=bottom + 0.6 / total, top=top - 0.3 / total)
+                                bottom=bottom + 0.6 / total, top=top - 0.55 / total)
         axes = [fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])]
         for ax, title in zip(axes, titles):
             ax.set_title(title, loc="left")
@@ -147,12 +147,20 @@ def add_norms(page: _Page, stats: Stats) -> None:
         if any(s.aliases for s in rows):
             from matplotlib.patches import Patch
 
+            # above the panel titles, at the band's top right: never over a bar or a title
             right.legend(handles=[Patch(color=_PLAIN, label="one name"),
                                   Patch(color=_TIED, label="tie group: one tensor, several names (= aliases)")],
-                         loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2, fontsize=7, frameon=False,
-                         borderaxespad=0.1)
+                         loc="lower right", bbox_to_anchor=(1.0, 1.0), bbox_transform=_above(right, 0.22), ncol=2,
+                         fontsize=7, frameon=False, borderaxespad=0.0)
 
     _rows_band(page, [_label(s) for s in rows], ("L2 norm per tensor", "standard deviation per tensor"), pair)
+
+
+def _above(ax, inches: float):
+    """A transform that puts (1, 1) ``inches`` above the axes' top right corner."""
+    from matplotlib.transforms import ScaledTranslation
+
+    return ax.transAxes + ScaledTranslation(0, inches, ax.figure.dpi_scale_trans)
 
 
 def add_histograms(page: _Page, chosen: Sequence[TensorStats], columns: int = 3) -> None:
@@ -179,15 +187,25 @@ def _histogram(ax, s: TensorStats) -> None:
     ax.set_title(title, loc="left", fontsize=7.5)
     if s.hist_counts:
         ax.stairs(s.hist_counts, s.hist_edges, fill=True, color=_TIED if s.aliases else _PLAIN)
-        ax.set_yscale("log")
+        nonzero = [c for c in s.hist_counts if c]
+        logarithmic = max(nonzero) > 50 * min(nonzero)  # tails visible; small tensors read better linear
+        if logarithmic:
+            from matplotlib.ticker import NullFormatter
+
+            ax.set_yscale("log")
+            ax.yaxis.set_minor_formatter(NullFormatter())
+        else:
+            from matplotlib.ticker import MaxNLocator
+
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("count (log scale)" if logarithmic else "count")
         if s.mean is not None and s.std is not None:
             ax.axvline(s.mean, color="#333333", linewidth=0.8)
             ax.text(0.98, 0.95, f"mean {s.mean:.3g}\nstd {s.std:.3g}", transform=ax.transAxes, ha="right",
-                    va="top", fontsize=7)
+                    va="top", fontsize=7, bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "none", "pad": 1.5})
     else:
         ax.text(0.5, 0.5, "no finite values", transform=ax.transAxes, ha="center")
     ax.set_xlabel("value (parameter units)")
-    ax.set_ylabel("count (log scale)")
 
 
 def add_drift(page: _Page, result: Diff, order: Sequence[TensorStats]) -> None:

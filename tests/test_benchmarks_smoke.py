@@ -18,6 +18,8 @@ def test_harness_prints_the_table_and_targets_and_cleans_up(tmp_path: Path, caps
     assert "error" not in out
     assert "safetensors save vs save_file" in out and "targets met" in out
     assert "| safetensors | read_manifest |" in out
+    assert "| safetensors | stats vs a plain torch pass |" in out and "| safetensors | diff vs a plain pass" in out
+    assert "stats vs a plain float64 torch pass over load_file" in out and "stats: extra peak" in out
     assert list(tmp_path.iterdir()) == []  # the temporary checkpoints are gone
 
 
