@@ -157,6 +157,9 @@ def save(obj: nn.Module | Mapping[str, torch.Tensor] | Checkpoint, path: str | P
     :mod:`paramio.atomic`)."""
     location = locate_output(path, format, max_shard_size=max_shard_size)
     unknown = set(options) - (set(by_name(location.format).options) if location.kind != "dcp" else set())
+    if unknown and location.kind == "sharded" and Path(path).is_dir():
+        raise FormatError(f"{path}: an existing folder, which save writes as a sharded {location.format} folder "
+                          f"(options {sorted(unknown)} are not for that); give a file path for one file")
     if unknown:
         raise TypeError(f"save() got options {sorted(unknown)} that format {location.format} does not take")
     ck = as_checkpoint(obj, grads=grads, metadata=metadata)
