@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -35,19 +36,19 @@ def build_wheel(dest: Path) -> Path:
     for folder in ("paramio", "schemas"):
         shutil.copytree(ROOT / folder, src / folder, symlinks=True,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    isolation = [] if _has("setuptools") else ["--use-pep517"]  # else pip fetches setuptools (CI has an index)
-    no_isolation = ["--no-build-isolation"] if not isolation else []
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *no_isolation, *isolation,
+    # This environment's setuptools if it is recent enough for pyproject's build-system; else pip builds in an
+    # isolated environment, fetching setuptools (CI has the package index).
+    isolation = ["--no-build-isolation"] if _setuptools_at_least("77") else []
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *isolation,
                     "-w", str(dest / "dist"), str(src)], check=True, timeout=300)
     return next((dest / "dist").glob("paramio-*.whl"))
 
 
-def _has(module: str) -> bool:
+def _setuptools_at_least(version: str) -> bool:
     try:
-        __import__(module)
-    except ImportError:
+        return Version(metadata.version("setuptools")) >= Version(version)
+    except metadata.PackageNotFoundError:
         return False
-    return True
 
 
 def requirements(wheel: Path) -> list[Requirement]:
