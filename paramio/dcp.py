@@ -52,7 +52,7 @@ from .dtypes import DTYPES, dtype_name
 from .locations.dcp import chunk_key
 from .locations.dcp_metadata import METADATA_NAME, PLANNER_CHUNKS_KEY, PLANNER_MANIFEST_KEY
 from .locations.dcp_sink import DATA_FILE, remove_unused_data
-from .manifest import Manifest, TensorEntry, TieGroup
+from .manifest import GRAD_PREFIX, Manifest, TensorEntry, TieGroup
 from .ties import identity_groups
 
 __all__ = ["SavePlanner", "StorageWriter", "build_manifest", "local_ties"]
@@ -106,7 +106,7 @@ def build_manifest(metadata: Metadata, ranks: Sequence[Mapping[str, Any]], model
             continue
         md = tensors[name]
         dtype = dtype_name(md.properties.dtype)
-        kind = kinds.get(name, "parameter")
+        kind = "gradient" if name.startswith(GRAD_PREFIX) else kinds.get(name, "parameter")
         requires_grad = grads.get(name, kind == "parameter" and DTYPES[dtype].is_floating_point)
         entries.append(TensorEntry(name=name, dtype=dtype, shape=tuple(md.size), kind=kind,
                                    requires_grad=requires_grad))

@@ -107,6 +107,20 @@ def test_every_dtype_is_exact(tmp_path: Path, dtype: torch.dtype) -> None:
     assert same(ck["scalar"], tensor.reshape(-1)[0])
 
 
+def test_only_the_chunks_byte_ranges_are_read(lm_ckpt: Path) -> None:
+    """Bytes outside every chunk's range (here 4 KiB of junk before them) are never read."""
+    data = lm_ckpt / "__0_0.distcp"
+    data.write_bytes(os.urandom(4096) + data.read_bytes())
+
+    def shift(md):  # noqa: ANN001, ANN202
+        for info in md.storage_data.values():
+            info.offset += 4096
+
+    _rewrite(lm_ckpt, shift)
+    ck = paramio.load(lm_ckpt)
+    assert all(same(ck[k], v) for k, v in tiny_lm().state_dict().items())
+
+
 def test_convert_to_safetensors_and_back_into_a_model(lm_ckpt: Path, tmp_path: Path) -> None:
     out = tmp_path / "model.safetensors"
     paramio.convert(lm_ckpt, out)
@@ -361,3 +375,14 @@ def test_cli_refuses_metadata_that_would_run_code(lm_ckpt: Path, tmp_path: Path)
         out = _cli(*args, code=2)
         assert "refuses `builtins.exec`" in out and "Traceback" not in out
     assert not marker.exists()
+
+
+def test_the_benchmark_phase_runs_and_prints_its_targets(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = pytest.importorskip("benchmarks.run")
+    code = run.main(["--scale", "tiny", "--runs", "1", "--cases", "gpt2", "--formats", "dcp", "--in-process",
+                     "--tmp", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0 and "error" not in out
+    assert "| dcp.save: FileSystemWriter vs paramio.dcp.StorageWriter |" in out
+    assert "stock DCP -> safetensors: paramio extra peak" in out and "DCP save: bytes on disk" in out
+    assert list(tmp_path.iterdir()) == []

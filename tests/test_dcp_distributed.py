@@ -60,6 +60,11 @@ def _rank(rank: int, port: int, out: str) -> None:
                  planner=paramio.dcp.SavePlanner(model))
         dcp.save(state, checkpoint_id=str(folder / "planner"), planner=paramio.dcp.SavePlanner(model))
         dcp.save(state, checkpoint_id=str(folder / "stock"))
+        # paramio's writer behind the stock planner, with a replicated (plain) tensor under two names: DCP's
+        # dedup may give each name to another rank; the alias still points at the one stored copy
+        shared = torch.arange(6.0)
+        dcp.save({**state, "extra.a": shared, "extra.b": shared},
+                 storage_writer=paramio.dcp.StorageWriter(folder / "writer"))
         if rank == 0:
             torch.save(expected, folder / "expected.pt")
     finally:
@@ -164,3 +169,20 @@ def test_stock_sharded_checkpoint_comes_back_equal(run: Path, tmp_path: Path) ->
     paramio.convert(run / "stock", out)
     ours, stock = paramio.load(run / "paramio"), paramio.load(out)
     assert set(ours) == set(stock) and all(torch.equal(ours[k], stock[k]) for k in ours)
+
+
+def test_writer_behind_the_stock_planner_stores_replicated_ties_once(run: Path, tmp_path: Path) -> None:
+    manifest = paramio.read_manifest(run / "writer")
+    assert {(g.canonical, g.aliases) for g in manifest.ties} == {("embed.weight", ("head.weight",)),
+                                                                  ("extra.a", ("extra.b",))}
+    ck = paramio.load(run / "writer")
+    assert ck["extra.b"] is ck["extra.a"] and torch.equal(ck["extra.a"], torch.arange(6.0))
+    with open(run / "writer" / ".metadata", "rb") as fh:
+        md = pickle.load(fh)  # noqa: S301 - the test's own file
+    places = {k.fqn: v for k, v in md.storage_data.items() if k.fqn.startswith("extra.")}
+    assert places["extra.a"] == places["extra.b"]  # one record, two names
+    state = {"extra.a": torch.zeros(6), "extra.b": torch.zeros(6)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.load(state, checkpoint_id=str(run / "writer"))
+    assert torch.equal(state["extra.b"], torch.arange(6.0)) and state["extra.a"] is not state["extra.b"]
