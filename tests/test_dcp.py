@@ -247,6 +247,13 @@ def test_truncated_data_file(lm_ckpt: Path) -> None:
         paramio.load(lm_ckpt)
 
 
+def test_a_data_file_the_metadata_does_not_name_is_a_validate_problem(lm_ckpt: Path) -> None:
+    (lm_ckpt / "__1_0.distcp").write_bytes(b"left by a killed save")
+    assert paramio.load(lm_ckpt)["pos"].shape == (8, 16)
+    report = paramio.validate(lm_ckpt)
+    assert not report.ok and any("__1_0.distcp" in p and "does not name" in p for p in report.problems)
+
+
 def test_a_folder_without_metadata_is_refused(tmp_path: Path) -> None:
     (tmp_path / "__0_0.distcp").write_bytes(b"x")
     with pytest.raises(FormatError, match="folder"):
@@ -386,3 +393,18 @@ def test_the_benchmark_phase_runs_and_prints_its_targets(tmp_path: Path, capsys:
     assert "| dcp.save: FileSystemWriter vs paramio.dcp.StorageWriter |" in out
     assert "stock DCP -> safetensors: paramio extra peak" in out and "DCP save: bytes on disk" in out
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("target", ["model.safetensors", "model.h5", "model.pt", "model.onnx", "hf/"])
+def test_a_stock_dcp_folder_converts_to_every_format_and_to_a_sharded_folder(lm_ckpt: Path, tmp_path: Path,
+                                                                            target: str) -> None:
+    out = tmp_path / target
+    paramio.convert(lm_ckpt, out, **({"max_shard_size": "2KB"} if target.endswith("/") else {}))
+    if target.endswith("/"):
+        assert len(list(out.glob("model-*.safetensors"))) > 1
+    ck = paramio.load(out)
+    for name, tensor in tiny_lm().state_dict().items():
+        assert same(ck[name], tensor), name
+    model = untied_lm()
+    paramio.load_into(model, out)  # the copies restore nothing the untied model lacks, and load
+    assert torch.equal(model.head.weight, tiny_lm().embed.weight)

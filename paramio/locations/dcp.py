@@ -135,6 +135,18 @@ class DCPSource(Source):
 
     _verify_next: str | None = None
 
+    def location_problems(self) -> list[str]:
+        """Data files that ``.metadata`` does not name (an interrupted save leaves them; ``load`` ignores
+        them)."""
+        from .dcp_sink import DATA_FILE
+
+        try:
+            names = sorted(p.name for p in self.location.root.iterdir() if DATA_FILE.fullmatch(p.name))
+        except OSError:
+            return []
+        return [f"{self.location.root / n}: a data file that {METADATA_NAME} does not name (left by an interrupted "
+                "save?); load ignores it" for n in names if n not in self.layout.files]
+
     def close(self) -> None:
         for fh in self._files.values():
             fh.close()

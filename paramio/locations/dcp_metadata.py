@@ -165,9 +165,8 @@ class Layout:
     chunk_sums: dict[str, dict[str, str]] = field(default_factory=dict)
     version: str | None = None
 
-    @property
-    def files(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(c.file for t in self.tensors for c in t.chunks))
+    #: Every data file the metadata names (tensor chunks and non-tensor entries alike).
+    files: tuple[str, ...] = ()
 
 
 def read_layout(folder: Path) -> Layout:
@@ -246,7 +245,8 @@ class _Checker:
         sums = planner.get(PLANNER_CHUNKS_KEY)
         version = top.field("version")
         return Layout(tuple(tensors), tuple(skipped), manifest if isinstance(manifest, str) else None,
-                      self._chunk_sums(sums), version if isinstance(version, str) else None)
+                      self._chunk_sums(sums), version if isinstance(version, str) else None,
+                      tuple(sorted(self._file_sizes)))
 
     def _chunk_sums(self, text: object) -> dict[str, dict[str, str]]:
         if text is None:
