@@ -343,9 +343,10 @@ def test_import_paramio_does_not_import_dcp() -> None:
     import sys
 
     code = ("import sys, paramio; paramio.load; import paramio.locations;"
-            "print('torch.distributed.checkpoint' in sys.modules)")
+            "print('torch.distributed.checkpoint' in sys.modules);"
+            "print(paramio.dcp.StorageWriter.__name__, 'torch.distributed.checkpoint' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "False"
+    assert out.split() == ["False", "StorageWriter", "True"]  # imported on first use of paramio.dcp
 
 
 # -- the command line ---------------------------------------------------------------------------------------
