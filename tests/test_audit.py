@@ -4,6 +4,7 @@ paramio says what the bytes suggest and what the model declares; it never ties t
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,23 @@ def test_a_checkpoint_that_stores_a_tie_twice_is_restorable(tmp_path: Path) -> N
     assert paramio.validate(path, against=model).ok
     twin = tiny_lm(seed=3)
     paramio.load_into(twin, path)
+    assert twin.head.weight is twin.embed.weight
+
+
+def test_a_stock_dcp_checkpoint_stores_the_tie_twice_and_it_is_restorable(tmp_path: Path) -> None:
+    import torch.distributed.checkpoint as dcp
+
+    model = tiny_lm()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # one process, no process group: DCP says so and saves
+        dcp.save(model.state_dict(), checkpoint_id=tmp_path / "ckpt")
+    assert paramio.audit(tmp_path / "ckpt").suspected_ties == (("embed.weight", "head.weight"),)
+    found = paramio.audit(tmp_path / "ckpt", against=model)
+    assert found.restorable == (("embed.weight", "head.weight"),)
+    report = paramio.validate(tmp_path / "ckpt", against=model)
+    assert report.ok and report.notes == found.notes
+    twin = tiny_lm(seed=3)
+    paramio.load_into(twin, tmp_path / "ckpt")
     assert twin.head.weight is twin.embed.weight
 
 
