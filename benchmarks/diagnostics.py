@@ -81,3 +81,45 @@ def prepare(side: str, action: str, path: Path) -> tuple[Callable[[], Any], bool
         out = path.with_name(path.name + ".report.png")
         return (lambda: paramio.report(path, path=out)), False
     raise ValueError(f"no diagnostics operation {side}/{action}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The diagnostics phase alone, with the harness of ``make bench`` (same jobs, processes, tables)."""
+    import argparse
+    import shutil
+    import tempfile
+
+    from benchmarks import cases, run
+    from benchmarks.run import Job
+
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.diagnostics", description=main.__doc__)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--scale", default="full", choices=cases.SCALES)
+    ap.add_argument("--big", action="store_true", help="also diff the big case once (its peak memory)")
+    ap.add_argument("--tmp", type=Path, help="parent folder for the temporary checkpoints")
+    args = ap.parse_args(argv)
+    folder = Path(tempfile.mkdtemp(prefix="paramio-bench-diag-", dir=args.tmp))
+    specs = {"gpt2": cases.spec("gpt2", args.scale)}
+    results: dict = {}
+    try:
+        prepare_jobs = [Job("gpt2", "safetensors", "stock", "save"), Job("gpt2", "safetensors", "paramio", "save")]
+        run._interleave(prepare_jobs, 1, folder, args.scale, {}, "prepare")
+        run._interleave(run.DIAGNOSTICS, args.runs, folder, args.scale, results, "diagnostics")
+        if args.big:
+            for p in folder.glob("gpt2.*"):
+                p.unlink()
+            specs["big"] = cases.spec("big", args.scale)
+            run._interleave([Job("big", "safetensors", "paramio", "save")], 1, folder, args.scale, {}, "prepare")
+            run._interleave([Job("big", "safetensors", "paramio", "diff")], 1, folder, args.scale, results, "big")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    print(run.case_table("gpt2", specs["gpt2"], ["safetensors"], results))
+    rows = run.target_rows(results, specs)[0].splitlines()
+    print("\n".join(r for r in rows if "not measured" not in r))  # only this phase's targets
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
