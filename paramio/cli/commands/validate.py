@@ -40,8 +40,7 @@ def validate(
     json_: Annotated[bool, typer.Option("--json", help="Print JSON to stdout: {file, ok, problems, notes, audit, "
                                         "nonfinite}.")] = False,
 ) -> None:
-    """Check FILE whole (manifest, structure, checksums, the tie audit) and, with --against, its names,
-    shapes and ties.
+    """Check FILE whole (manifest, structure, checksums, tie audit); with --against, names, shapes, ties.
 
     Example: paramio validate model.safetensors --against mymodels:build --finite
     """
