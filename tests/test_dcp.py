@@ -254,6 +254,18 @@ def test_a_data_file_the_metadata_does_not_name_is_a_validate_problem(lm_ckpt: P
     assert not report.ok and any("__1_0.distcp" in p and "does not name" in p for p in report.problems)
 
 
+def test_a_folder_of_safetensors_serialized_chunks_is_refused_naming_it(tmp_path: Path) -> None:
+    from torch.distributed.checkpoint import FileSystemWriter
+    from torch.distributed.checkpoint.filesystem import SerializationFormat
+
+    writer = FileSystemWriter(tmp_path / "ckpt", serialization_format=SerializationFormat.SAFETENSORS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save({"a": torch.ones(3)}, storage_writer=writer)
+    with pytest.raises(FormatError, match=r"__0_0\.distcp: chunk of `a`.*not a torch\.save record"):
+        paramio.load(tmp_path / "ckpt")
+
+
 def test_a_folder_without_metadata_is_refused(tmp_path: Path) -> None:
     (tmp_path / "__0_0.distcp").write_bytes(b"x")
     with pytest.raises(FormatError, match="folder"):

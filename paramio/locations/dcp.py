@@ -172,6 +172,10 @@ class DCPSource(Source):
         """One chunk's tensor, read from its byte range only and checked against the metadata."""
         where = f"{self.location.root / chunk.file}: chunk of `{tensor.name}` at {list(chunk.offsets)}"
         fh = self._open(chunk.file)
+        fh.seek(chunk.offset)
+        if fh.read(4) != b"PK\x03\x04":  # every torch.save record is a zip archive
+            raise FormatError(f"{where} (bytes {chunk.offset}+{chunk.length}): not a torch.save record (DCP's "
+                              "serialization_format=SAFETENSORS and stream transforms are not read)")
         try:
             value = torch.load(_RangeReader(fh, chunk.offset, chunk.length), map_location="cpu", weights_only=True)
         except (RuntimeError, ValueError, EOFError, OSError, KeyError, TypeError, IndexError, AttributeError,
