@@ -14,7 +14,7 @@ from ._version import __version__
 from . import limits
 from .dtypes import DTYPES, dtype_name, torch_dtype
 from .entries import check_metadata, check_name, check_tensor, module_entries, split_entries, with_skipped
-from .errors import FormatError, UninitializedParameterError
+from .errors import InternalError, UninitializedParameterError
 from .manifest import GRAD_PREFIX, Manifest, Producer, TensorEntry, TieGroup, ViewEntry
 from .ties import plan_ties
 from .upgrades import VERSIONS_KEY
@@ -154,7 +154,7 @@ def _build(
         manifest = Manifest(producer=producer(), model_class=model_class, tensors=tuple(entries), views=views,
                             ties=plan.ties, metadata=dict(metadata or {}))
     except pydantic.ValidationError as e:  # _check refuses what users can get wrong: this is a bug
-        raise FormatError(f"internal error: the manifest built from these tensors is invalid: "
+        raise InternalError(f"the manifest built from these tensors is invalid: "
                           f"{e.errors()[0]['msg']}") from e
     return Checkpoint(tensors, manifest, stored_grads)
 

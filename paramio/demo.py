@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import shlex
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -231,8 +232,21 @@ def look_at_the_lm(out_dir: Path, console: Console, steps: int = 5) -> bool:
         return True
     console.print(f"report: {page}  (one self-contained page: open it in a browser, no network needed)", soft_wrap=True)
     console.print(f"figures: {figure} (norms, spread, histograms), {drift} (drift A -> B)", soft_wrap=True)
-    console.print(f"same from the shell: paramio report {base} {tuned} -o report.html", soft_wrap=True)
+    console.print(f"same from the shell: {_paramio_command()} report {shlex.quote(str(base))} "
+                  f"{shlex.quote(str(tuned))} -o {shlex.quote(str(out_dir / 'report.html'))}", soft_wrap=True)
     return True
+
+
+def _paramio_command() -> str:
+    """How to run ``paramio`` from here as typed: ``make demo`` runs in the venv, whose bin/ is usually not on
+    PATH, so the console script next to this Python (relative when under the current folder)."""
+    script = Path(sys.executable).parent / "paramio"
+    if not script.exists():
+        return f"{shlex.quote(sys.executable)} -m paramio"
+    try:
+        return shlex.quote(str(script.absolute().relative_to(Path.cwd())))
+    except ValueError:
+        return shlex.quote(str(script))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -250,7 +264,12 @@ def main(argv: list[str] | None = None) -> int:
     console.print(Text("every tie restored: the two names are one Parameter again, outputs are equal, and the "
                        "shared weight's gradient is the sum of both uses." if passed else
                        "some checks FAILED (see the tables above)", style="bold green" if passed else "bold red"))
-    console.print(f"next: paramio inspect {args.out}/tiny_lm{formats[0][1]} --stats")
+    command = _paramio_command()
+    console.print(f"next: {command} inspect {shlex.quote(str(args.out / f'tiny_lm{formats[0][1]}'))} --stats",
+                  soft_wrap=True)
+    if command.endswith("paramio") and "/" in command:
+        folder = command.rpartition("/")[0]
+        console.print(f"(paramio lives in {folder}/: `source {folder}/activate` puts it on your PATH)", soft_wrap=True)
     return 0 if passed else 1
 
 

@@ -10,17 +10,22 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from rich.console import Console, ConsoleOptions, RenderResult
 from rich.table import Table
 from rich.text import Text
 
-from .dtypes import DTYPES
+from .dtype_names import ITEMSIZE
 from .manifest import Manifest
 
-__all__ = ["manifest_table", "summary", "count", "size", "figure"]
+__all__ = ["manifest_table", "ManifestTable", "summary", "count", "size", "figure", "shorten", "metadata_line",
+           "SHOWN"]
 
+#: Names up to this long keep their full width; longer ones (hostile files) may be folded.
+_LONGEST_NAME = 160
 #: inspect --stats columns: (header, TensorStats field); imported lazily, so no reader is loaded for them
 _FIGURES = (("mean", "mean"), ("std", "std"), ("min", "min"), ("max", "max"), ("norm", "l2_norm"),
             ("zeros", "zero_fraction"), ("nan/inf", None))
+_FIGURE_HEADERS = tuple(header for header, _ in _FIGURES)
 
 
 def _rows(manifest: Manifest) -> Iterator[tuple[str, str, tuple[int, ...], str, str, str | None]]:
@@ -61,33 +66,94 @@ def figure(row: Any, field: str | None) -> str:
 
 
 def manifest_table(manifest: Manifest, stats: Mapping[str, Any] | None = None,
-                   title: str | None = None, *, checksums: bool = True) -> Table:
-    """The ``paramio inspect`` table: one row per name, aliases and views included."""
-    table = Table(title=title, title_justify="left", header_style="bold")
-    columns = ("name", "dtype", "shape", "numel", "tied to") + (("checksum",) if checksums else ())
-    for column in columns:
-        table.add_column(column, justify="right" if column == "numel" else "left", overflow="fold")
-    if stats is not None:
-        for column, _ in _FIGURES:
-            table.add_column(column, justify="right")
-    for name, dtype, shape, kind, note, checksum in _rows(manifest):
-        label = Text(name) + (Text(f" ({kind})", style="dim") if kind != "parameter" else Text())
-        cells: list[Any] = [label, dtype, str(list(shape)), f"{math.prod(shape):,}", note]
-        if checksums:
-            cells.append(checksum or "")
-        if stats is not None:
-            row = stats.get(name)
-            cells += [figure(row, f) if row is not None else "" for _, f in _FIGURES]
-        style = "dim" if note.startswith("alias of") else None
-        table.add_row(*cells, style=style)
-    return table
+                   title: str | None = None, *, checksums: bool = True) -> ManifestTable:
+    """The ``paramio inspect`` table: one row per name, aliases and views included (a rich renderable)."""
+    return ManifestTable(manifest, stats, title, checksums=checksums)
+
+
+class ManifestTable:
+    """The table, laid out for the width it is printed at: names never wrap (a wrapped name cannot be
+    copied); when the width is short the checksum column gives way first (shortened with an ellipsis),
+    then the "tied to" notes wrap between words."""
+
+    def __init__(self, manifest: Manifest, stats: Mapping[str, Any] | None = None,
+                 title: str | None = None, *, checksums: bool = True) -> None:
+        self.title, self.checksums, self.has_stats = title, checksums, stats is not None
+        self.rows: list[list[Any]] = []
+        for name, dtype, shape, kind, note, checksum in _rows(manifest):
+            label = Text(name) + (Text(f" ({kind})", style="dim") if kind != "parameter" else Text())
+            cells: list[Any] = [label, dtype, str(list(shape)), f"{math.prod(shape):,}", note]
+            if checksums:
+                cells.append(checksum or "")
+            if stats is not None:
+                row = stats.get(name)
+                cells += [figure(row, f) if row is not None else "" for _, f in _FIGURES]
+            self.rows.append(cells)
+
+    def columns(self) -> list[str]:
+        return ["name", "dtype", "shape", "numel", "tied to"] + (["checksum"] if self.checksums else []) + (
+            list(_FIGURE_HEADERS) if self.has_stats else [])
+
+    def table(self, width: int) -> Table:
+        """The rich table for ``width`` columns of text."""
+        columns = self.columns()
+        natural = [max([len(c)] + [len(str(row[i])) for row in self.rows]) for i, c in enumerate(columns)]
+        limits: dict[str, int] = {}
+        excess = sum(natural) + 3 * len(columns) + 1 - width  # each cell: a space either side, one rule
+        for column, least in (("checksum", 12), ("tied to", 16)):  # what gives way, in this order
+            if excess > 0 and column in columns:
+                i = columns.index(column)
+                cut = min(excess, max(natural[i] - least, 0))
+                limits[column], excess = natural[i] - cut, excess - cut
+        if excess > 0 and "checksum" in columns:  # still too narrow: no checksum rather than broken names
+            drop = columns.index("checksum")
+            columns, natural = columns[:drop] + columns[drop + 1:], natural[:drop] + natural[drop + 1:]
+            rows = [cells[:drop] + cells[drop + 1:] for cells in self.rows]
+        else:
+            rows = self.rows
+        table = Table(title=self.title, title_justify="left", header_style="bold")
+        for i, column in enumerate(columns):
+            if column == "name":
+                table.add_column(column, no_wrap=True, min_width=min(natural[i], _LONGEST_NAME))
+            elif column == "tied to":
+                table.add_column(column, max_width=limits.get(column))
+            elif column == "checksum":
+                table.add_column(column, no_wrap=True, overflow="ellipsis", max_width=limits.get(column))
+            else:
+                right = column == "numel" or column in _FIGURE_HEADERS
+                table.add_column(column, no_wrap=True, justify="right" if right else "left")
+        for cells in rows:
+            style = "dim" if cells[4].startswith("alias of") else None
+            table.add_row(*cells, style=style)
+        return table
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self.table(options.max_width)
+
+
+#: Characters of one metadata value (or producer field) shown; the rest is counted, not printed.
+SHOWN = 200
+_CONTROL = {c: f"\\x{c:02x}" for c in range(32)} | {0x7F: "\\x7f", 0x0A: "\\n", 0x09: "\\t", 0x0D: "\\r"}
+
+
+def shorten(text: str, limit: int = SHOWN) -> str:
+    """``text`` for one line of a terminal: control characters escaped, and at most ``limit`` characters
+    of it (with the full length said). A 16M-character metadata value prints in microseconds, not in the
+    minutes rich takes to re-wrap it."""
+    shown = text[:limit].translate(_CONTROL)
+    return shown if len(text) <= limit else f"{shown}… ({len(text):,} characters)"
+
+
+def metadata_line(metadata: Mapping[str, str]) -> str:
+    """``metadata: k=v, …`` with each key and value shortened."""
+    return "metadata: " + ", ".join(f"{shorten(k, 60)}={shorten(v)}" for k, v in metadata.items())
 
 
 def summary(manifest: Manifest) -> str:
     """One line: stored tensors, tie groups and aliases, views, gradients, bytes."""
     stored = [t for t in manifest.tensors if t.kind != "gradient"]
     grads = len(manifest.tensors) - len(stored)
-    nbytes = sum(t.numel * DTYPES[t.dtype].itemsize for t in manifest.tensors)
+    nbytes = sum(t.numel * ITEMSIZE[t.dtype] for t in manifest.tensors)
     aliases = sum(len(g.aliases) for g in manifest.ties)
     parts = [count(len(stored), "stored tensor"), f"{count(len(manifest.ties), 'tie group')} "
              f"({count(aliases, 'alias', 'aliases')})"]

@@ -8,28 +8,12 @@ from __future__ import annotations
 
 import torch
 
+from .dtype_names import FLOATING, NAMES
+
 __all__ = ["DTYPES", "dtype_name", "torch_dtype", "is_floating"]
 
-#: manifest name -> torch dtype, in a fixed order (the manifest schema lists them in this order).
-DTYPES: dict[str, torch.dtype] = {
-    "float64": torch.float64,
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float8_e4m3fn": torch.float8_e4m3fn,
-    "float8_e5m2": torch.float8_e5m2,
-    "complex64": torch.complex64,
-    "complex128": torch.complex128,
-    "int64": torch.int64,
-    "int32": torch.int32,
-    "int16": torch.int16,
-    "int8": torch.int8,
-    "uint64": torch.uint64,
-    "uint32": torch.uint32,
-    "uint16": torch.uint16,
-    "uint8": torch.uint8,
-    "bool": torch.bool,
-}
+#: manifest name -> torch dtype, in the fixed order of :data:`paramio.dtype_names.NAMES`.
+DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in NAMES}
 _NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 
@@ -51,4 +35,4 @@ def torch_dtype(name: str) -> torch.dtype:
 
 def is_floating(name: str) -> bool:
     """Whether ``--dtype`` casts apply to tensors of this dtype (real floating point only)."""
-    return DTYPES[name].is_floating_point
+    return name in FLOATING

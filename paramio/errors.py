@@ -16,6 +16,7 @@ __all__ = [
     "ValidationError",
     "TieError",
     "UninitializedParameterError",
+    "InternalError",
 ]
 
 
@@ -55,3 +56,8 @@ class TieError(ParamioError, ValueError):
 
 class UninitializedParameterError(ParamioError, ValueError):
     """A lazy module's parameter has no shape yet, so it has nothing to save."""
+
+
+class InternalError(RuntimeError):
+    """An invariant of paramio itself failed: a bug to report, never bad input. Deliberately not a
+    :class:`ParamioError`, so that code handling bad input does not take it for one (the CLI exits 3)."""

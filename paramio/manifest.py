@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, field_validator, model_validator
 
-from .dtypes import DTYPES
+from .dtype_names import NAMES as DTYPE_NAMES
 
 __all__ = [
     "MANIFEST_VERSION",
@@ -36,7 +36,7 @@ SIGNATURE_VERSION = "paramio.signature/1"
 #: Gradients are stored apart from parameters, under this key prefix.
 GRAD_PREFIX = "grad/"
 
-DType = Literal[tuple(DTYPES)]  # type: ignore[valid-type]
+DType = Literal[DTYPE_NAMES]  # type: ignore[valid-type]
 Kind = Literal["parameter", "buffer", "gradient", "constant"]
 Name = Annotated[str, Field(min_length=1, max_length=4096)]
 Shape = tuple[NonNegativeInt, ...]

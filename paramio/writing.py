@@ -15,28 +15,22 @@ from ._gc import paused_gc
 from .atomic import staged
 from .checkpoint import Checkpoint, collect, from_mapping
 from .checksum import resolve
+from .dtype_names import cast_name
 from .dtypes import DTYPES, dtype_name, is_floating
 from .entries import check_metadata, check_savable
-from .errors import FormatError, ParamioError
+from .errors import FormatError, InternalError, ParamioError
 from .formats.registry import by_name
 from .locations import Location, locate_output, open_sink
 from .manifest import Manifest, TensorEntry
 
 __all__ = ["save", "write_stream", "as_checkpoint", "cast_manifest", "parse_dtype"]
 
-_DTYPE_SHORT = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "f16": "float16",
-                "fp32": "float32", "f32": "float32", "float": "float32", "fp64": "float64", "f64": "float64",
-                "double": "float64", "fp8": "float8_e4m3fn", "e4m3": "float8_e4m3fn", "e5m2": "float8_e5m2"}
-
 
 def parse_dtype(dtype: str | torch.dtype | None) -> str | None:
     """A floating dtype name from ``torch.bfloat16``, ``"bf16"``, ``"bfloat16"`` …"""
     if dtype is None:
         return None
-    name = dtype_name(dtype) if isinstance(dtype, torch.dtype) else _DTYPE_SHORT.get(dtype.lower(), dtype.lower())
-    if name not in ("float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2"):
-        raise ValueError(f"dtype {dtype!r}: casts go to a floating dtype (bf16, fp16, fp32, fp64, e4m3, e5m2)")
-    return name
+    return cast_name(dtype_name(dtype) if isinstance(dtype, torch.dtype) else dtype)
 
 
 def cast_manifest(manifest: Manifest, dtype: str | None) -> Manifest:
@@ -88,7 +82,7 @@ def write_stream(location: Location, manifest: Manifest, items: Iterable[tuple[T
                     expected = entries[count] if count < len(entries) else None
                     if expected is None or entry.name != expected.name:
                         due = f"`{expected.name}` was due" if expected else "the manifest lists no more"
-                        raise FormatError(f"internal error: tensor `{entry.name}` given where {due}")
+                        raise InternalError(f"tensor `{entry.name}` given where {due}")
                     data = _prepared(tensor, DTYPES[expected.dtype])
                     if data.shape != expected.shape:
                         raise FormatError(f"tensor `{entry.name}`: shape {tuple(data.shape)}, manifest says "
@@ -97,7 +91,7 @@ def write_stream(location: Location, manifest: Manifest, items: Iterable[tuple[T
                     count += 1
                     del data
                 if count != len(entries):
-                    raise FormatError("internal error: fewer tensors given than the manifest lists")
+                    raise InternalError("fewer tensors given than the manifest lists")
                 return sink.finish()
             except BaseException:
                 sink.abort()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -48,6 +50,11 @@ def test_make_demo_restores_every_tie(tmp_path: Path, capsys: pytest.CaptureFixt
     out = capsys.readouterr().out
     assert "model[2].weight is model[4].weight" in out and "model.embed.weight is model.head.weight" in out
     assert "False" not in out.replace("(before loading: False)", "")
+    # The "next:" hint works as typed in a shell whose PATH does not have the venv (make demo's situation).
+    (hint,) = [line.removeprefix("next: ") for line in out.splitlines() if line.startswith("next: ")]
+    proc = subprocess.run(shlex.split(hint), capture_output=True, text=True, env={**os.environ, "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, (hint, proc.stderr)
+    assert "embed.weight" in proc.stdout and "mean" in proc.stdout
     written = {p.name for p in tmp_path.iterdir()}
     for case in ("tied_mlp", "tiny_lm"):  # every format, for each example
         for suffix in (".safetensors", ".h5", ".onnx", ".pt"):

@@ -21,14 +21,16 @@ import typer
 
 from ..errors import TieError, UninitializedParameterError
 from .app import InputError
-from .options import ExampleInput, example_tensors
+from .hints import dotted_factory_hint, integer_input_hint
+from .options import DynamicAxis, ExampleInput, example_tensors
 from .render import one_line
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["is_factory", "build_model", "model_from", "model_or_path", "about_model", "no_example_input_for_a_file"]
+__all__ = ["is_factory", "build_model", "model_from", "model_or_path", "about_model",
+           "no_example_input_for_a_file", "not_a_dotted_factory", "dynamic_shapes"]
 
 
 def is_factory(spec: str) -> bool:
@@ -102,7 +104,8 @@ def _first_tensor(out: object) -> torch.Tensor | None:
     return next((t for t in map(_first_tensor, values) if t is not None), None)
 
 
-def _run_forward(spec: str, model: nn.Module, inputs: tuple[torch.Tensor, ...], backward: bool) -> None:
+def _run_forward(spec: str, model: nn.Module, examples: Sequence[ExampleInput], inputs: tuple[torch.Tensor, ...],
+                 backward: bool) -> None:
     """One forward pass in eval mode (so batch-norm statistics stay as they are), and a backward one
     of the first output's sum when gradients are asked for."""
     import torch
@@ -122,16 +125,21 @@ def _run_forward(spec: str, model: nn.Module, inputs: tuple[torch.Tensor, ...], 
         raise
     except Exception as e:
         raise InputError(f"{spec}: forward pass on --example-input {shapes} failed: "
-                         f"{type(e).__name__}: {one_line(e)}") from e
+                         f"{type(e).__name__}: {one_line(e)}{integer_input_hint(model, examples, e)}") from e
 
 
 def model_from(spec: str, examples: Sequence[ExampleInput] | None, *, backward: bool = False
                ) -> tuple[nn.Module, tuple[torch.Tensor, ...] | None]:
     """The model a factory builds, run forward once on the example inputs (if any); and those inputs."""
     model = build_model(spec)
-    inputs = example_tensors(examples) if examples else None
-    if inputs is not None:
-        _run_forward(spec, model, inputs, backward)
+    if not examples:
+        return model, None
+    try:
+        inputs = example_tensors(examples)
+    except (RuntimeError, MemoryError) as e:  # the allocation failed: the shape is too large for this machine
+        raise InputError(f"{spec}: cannot make --example-input {' '.join(e.text for e in examples)}: "
+                         f"{type(e).__name__}: {one_line(e)}") from e
+    _run_forward(spec, model, examples, inputs, backward)
     return model, inputs
 
 
@@ -150,10 +158,43 @@ def no_example_input_for_a_file() -> typer.BadParameter:
     return typer.BadParameter("--example-input needs a factory (package.module:callable), not a file")
 
 
+def not_a_dotted_factory(spec: str) -> None:
+    """Refuse ``mymodels.minigpt`` (no such file, and a dot where the factory's colon goes) with the fix."""
+    hint = dotted_factory_hint(spec)
+    if hint is not None:
+        raise InputError(hint)
+
+
 def model_or_path(spec: str, examples: Sequence[ExampleInput] | None) -> nn.Module | str:
     """A model for a factory spec; the path itself otherwise (a checkpoint or a signature JSON)."""
     if is_factory(spec):
         return model_from(spec, examples)[0]
+    not_a_dotted_factory(spec)
     if examples:
         raise no_example_input_for_a_file()
     return spec
+
+
+def dynamic_shapes(model: nn.Module, examples: Sequence[ExampleInput], batch: bool,
+                   axes: Sequence[DynamicAxis]) -> dict[str, dict[int, str]] | None:
+    """``save(dynamic_shapes=...)`` for ``--dynamic-batch`` (axis 0 of every input, named "batch") and
+    ``--dynamic-axis NAME:DIM`` (NAME: the forward argument, or its position), keyed by argument name."""
+    if not batch and not axes:
+        return None
+    import inspect
+
+    names = [p.name for p in inspect.signature(model.forward).parameters.values()
+             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)][:len(examples)]
+    shapes: dict[str, dict[int, str]] = {name: {0: "batch"} for name in names} if batch else {}
+    for axis in axes:
+        name, dim = axis.name, axis.dim
+        arg = names[int(name)] if name.isdigit() and int(name) < len(names) else name
+        if arg not in names:
+            raise typer.BadParameter(f"{name}:{dim}: the model's inputs are {', '.join(names) or 'none'} "
+                                     "(by name or position)", param_hint="--dynamic-axis")
+        ndim = len(examples[names.index(arg)].shape)
+        if dim >= ndim:
+            raise typer.BadParameter(f"{name}:{dim}: input {arg} has {ndim} dimensions",
+                                     param_hint="--dynamic-axis")
+        shapes.setdefault(arg, {})[dim] = "batch" if dim == 0 and batch else f"{arg}_{dim}"
+    return shapes

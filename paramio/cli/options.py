@@ -4,19 +4,22 @@
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from ..dtype_names import FLOATING, NAMES, cast_name
 from ..formats.registry import FORMATS
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = ["FormatName", "ChecksumChoice", "ExampleInput", "parse_example_input", "example_tensors",
-           "parse_metadata", "check_dtype", "ExampleInputs", "Durable", "DtypeOption"]
+           "parse_metadata", "check_dtype", "ExampleInputs", "Durable", "DtypeOption", "DynamicAxis",
+           "parse_dynamic_axis", "DynamicBatch", "DynamicAxes"]
 
 #: ``--format`` choices: the registry's format names, and ``dcp`` (a torch.distributed.checkpoint folder).
 FormatName = enum.Enum("FormatName", {**{name: name for name in FORMATS}, "dcp": "dcp"}, type=str)
@@ -51,15 +54,12 @@ class ExampleInput:
 
 
 _INT_SHORT = {"long": "int64", "int": "int32", "short": "int16", "byte": "uint8"}
+#: The most elements one example input may have (4 GiB of float32): a typo such as 1x80000000000 is a usage
+#: error, not an attempt to allocate terabytes.
+MAX_EXAMPLE_ELEMENTS = 1 << 30
 
 
-def parse_example_input(text: str) -> ExampleInput:
-    """``SHAPE[:DTYPE[:HIGH]]`` as in ``--example-input 2x8:int64:32``."""
-    from ..dtypes import DTYPES
-    from ..writing import parse_dtype
-
-    dims, _, rest = text.partition(":")
-    dtype_text, _, high_text = rest.partition(":")
+def _shape(text: str, dims: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(d) for d in dims.lower().split("x"))
         if any(d < 0 for d in shape) or not dims:
@@ -67,16 +67,26 @@ def parse_example_input(text: str) -> ExampleInput:
     except ValueError:
         raise typer.BadParameter(f"{text!r}: expected a shape like 2x4, optionally with a dtype: 2x8:int64"
                                  ) from None
+    if math.prod(shape) > MAX_EXAMPLE_ELEMENTS:
+        raise typer.BadParameter(f"{text!r}: {math.prod(shape):,} elements; an example input holds at most "
+                                 f"{MAX_EXAMPLE_ELEMENTS:,} (a batch of 1 or 2 is enough to trace the model)")
+    return shape
+
+
+def parse_example_input(text: str) -> ExampleInput:
+    """``SHAPE[:DTYPE[:HIGH]]`` as in ``--example-input 2x8:int64:32``."""
+    dims, _, rest = text.partition(":")
+    dtype_text, _, high_text = rest.partition(":")
+    shape = _shape(text, dims)
     name = _INT_SHORT.get(dtype_text.lower(), dtype_text.lower()) or "float32"
-    if name not in DTYPES:
+    if name not in NAMES:
         try:
-            name = parse_dtype(name)
+            name = cast_name(name)
         except ValueError:
             raise typer.BadParameter(f"{text!r}: unknown dtype {dtype_text!r}; e.g. float32, bf16, int64") from None
-    dtype = DTYPES[name]
     high = 2
     if high_text:
-        if dtype.is_floating_point or dtype.is_complex or name == "bool" or not high_text.isdigit():
+        if name in FLOATING or name.startswith("complex") or name == "bool" or not high_text.isdigit():
             raise typer.BadParameter(f"{text!r}: an upper bound (2x8:int64:32) needs an integer dtype")
         high = max(1, int(high_text))
     return ExampleInput(text, shape, name, high)
@@ -104,10 +114,10 @@ def parse_metadata(items: Sequence[str]) -> dict[str, str]:
 
 def check_dtype(value: str | None) -> str | None:
     """``--dtype``: a floating dtype name from bf16, fp16, …"""
-    from ..writing import parse_dtype
-
+    if value is None:
+        return None
     try:
-        return parse_dtype(value)
+        return cast_name(value)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
 
@@ -130,6 +140,33 @@ Durable = Annotated[
         help="fsync the file before it replaces OUT, so that it survives a power loss as well as a crash "
         "(default). --no-durable is faster where the disk is slow to flush; the write stays atomic.",
     ),
+]
+@dataclass(frozen=True)
+class DynamicAxis:
+    """``NAME:DIM`` (``tokens:1``): dimension DIM of the input NAME (a forward argument, or its position)."""
+
+    name: str
+    dim: int
+
+
+def parse_dynamic_axis(text: str) -> DynamicAxis:
+    """``--dynamic-axis tokens:1``."""
+    name, sep, dim = text.rpartition(":")
+    if not sep or not name or not dim.isdigit():
+        raise typer.BadParameter(f"{text!r}: expected NAME:DIM, e.g. tokens:1 (dimension 1 of input tokens)")
+    return DynamicAxis(name, int(dim))
+
+
+DynamicBatch = Annotated[
+    bool,
+    typer.Option("--dynamic-batch", help="ONNX graph: any batch size (dimension 0 of every input), not only "
+                 "the example's."),
+]
+DynamicAxes = Annotated[
+    list[DynamicAxis] | None,
+    typer.Option("--dynamic-axis", parser=parse_dynamic_axis, metavar="NAME:DIM",
+                 help="ONNX graph: dimension DIM of input NAME (a forward argument, or its position) may vary, "
+                 "e.g. tokens:1 for any sequence length. Repeatable."),
 ]
 DtypeOption = Annotated[
     str | None,

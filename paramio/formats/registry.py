@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import FormatError
-from .base import Format
+
+if TYPE_CHECKING:  # the table and its lookups load without torch (paramio --help)
+    from .base import Format
 
 __all__ = ["FORMATS", "SUFFIXES", "SUFFIX", "by_name", "for_path"]
 
@@ -51,5 +55,7 @@ def for_path(path: str | Path, format: str | None = None) -> type[Format]:
     suffix = Path(path).suffix.lower()
     if suffix not in SUFFIXES:
         known = " ".join(SUFFIXES)
-        raise FormatError(f"{path}: unknown suffix {suffix or '(none)'!r}; use one of {known} or pass format=")
+        close = difflib.get_close_matches(suffix, SUFFIXES, n=1, cutoff=0.75) if suffix else []
+        guess = f" (did you mean {close[0]}?)" if close else ""
+        raise FormatError(f"{path}: unknown suffix {suffix or '(none)'!r}{guess}; use one of {known} or pass format=")
     return by_name(SUFFIXES[suffix])

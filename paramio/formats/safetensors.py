@@ -22,7 +22,7 @@ import torch
 from ..atomic import Staging
 from ..checksum import tensor_bytes
 from ..dtypes import DTYPES
-from ..errors import FormatError
+from ..errors import FormatError, InternalError
 from ..manifest import Manifest, TensorEntry
 from ._mapped import ITEMSIZE, MappedFile
 from .base import MANIFEST_KEY, FileContents, Format, Reader, StoredTensor, Writer
@@ -123,7 +123,7 @@ class SafetensorsWriter(Writer):
     def finish(self, manifest: Manifest) -> None:
         header = _header_bytes(self._tensors, _metadata_json(manifest))
         if len(header) != len(self._header):
-            raise FormatError("internal error: the safetensors header changed size between draft and final")
+            raise InternalError("the safetensors header changed size between draft and final")
         self._file.seek(0)
         self._file.write(header)
         self.staging.sync(self._file)

@@ -18,7 +18,7 @@ import torch
 
 from ..atomic import Staging
 from ..checksum import digest, placeholder, tensor_bytes
-from ..errors import FormatError, MissingFileError, ParamioError, TieError
+from ..errors import FormatError, InternalError, MissingFileError, ParamioError, TieError
 from ..formats.base import FileContents, Reader, Writer
 from ..formats.registry import by_name
 from ..manifest import Manifest, TensorEntry
@@ -181,7 +181,7 @@ class FileSink(Sink):
 
     def finish(self) -> Manifest:
         if len(self._sums) != len(self._draft.tensors):
-            raise FormatError(f"internal error: {len(self._sums)} tensors written, the manifest lists "
+            raise InternalError(f"{len(self._sums)} tensors written, the manifest lists "
                               f"{len(self._draft.tensors)}")
         writer = self._writer
         if writer.patches_checksums:

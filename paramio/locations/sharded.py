@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from ..atomic import Staging, staged
-from ..errors import FormatError, ParamioError
+from ..errors import FormatError, InternalError, ParamioError
 from ..formats._mapped import ITEMSIZE
 from ..formats.base import FileContents
 from ..formats.registry import SUFFIXES, by_name
@@ -293,7 +293,7 @@ class ShardedSink(Sink):
         if self._single is not None:
             return self._single.finish()
         if self._sinks or any(self._left):
-            raise FormatError("internal error: the sharded sink was finished before every shard was written")
+            raise InternalError("the sharded sink was finished before every shard was written")
         final = self.manifest.model_copy(update={"tensors": tuple(
             with_checksum(t, self._sums[t.name]) for t in self.manifest.tensors)})
         sizes = {t.name: _nbytes(t.dtype, t.shape) for t in final.tensors}

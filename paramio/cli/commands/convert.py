@@ -11,7 +11,8 @@ import typer
 import paramio
 
 from ...display import summary
-from ..app import app
+from ...dtype_names import ITEMSIZE
+from ..app import app, examples
 from ..options import DtypeOption, Durable, FormatName
 from ..render import progress, status
 
@@ -19,22 +20,23 @@ __all__ = ["convert"]
 
 
 def _total_bytes(src: Path) -> int:
-    from ...dtypes import DTYPES
-
-    return sum(t.numel * DTYPES[t.dtype].itemsize for t in paramio.read_manifest(src).tensors)
+    return sum(t.numel * ITEMSIZE[t.dtype] for t in paramio.read_manifest(src).tensors)
 
 
-@app.command()
+@app.command(epilog=examples(
+    "paramio convert model.safetensors model.h5",
+    "paramio convert model.pt model-bf16.safetensors --dtype bf16",
+))
 def convert(
     src: Annotated[Path, typer.Argument(metavar="IN", help="The file to read.", show_default=False)],
     dst: Annotated[Path, typer.Argument(metavar="OUT", help="The file to write; its suffix picks the format.",
                                         show_default=False)],
     dtype: DtypeOption = None,
-    format: Annotated[FormatName | None, typer.Option("--format", "-f", help="DST's format, if not the suffix's.")
+    format: Annotated[FormatName | None, typer.Option("--format", "-f", help="OUT's format, if not the suffix's.")
                       ] = None,
     durable: Durable = True,
 ) -> None:
-    """Convert SRC to DST one tensor at a time, ties kept (a progress bar on a terminal)."""
+    """Convert IN to OUT one tensor at a time, ties kept (a progress bar on a terminal)."""
     from ...convert import GraphNotCarried
 
     with warnings.catch_warnings(record=True) as caught:

@@ -12,7 +12,7 @@ import typer
 
 import paramio
 
-from ..app import EXIT_FINDING, app
+from ..app import EXIT_FINDING, app, examples
 from ..render import json_number, stdout
 
 __all__ = ["diff"]
@@ -84,7 +84,10 @@ def _payload(a: Path, b: Path, result: paramio.Diff) -> dict[str, Any]:
             "metadata_changed": result.metadata_changed, "max_abs": json_number(result.max_abs), "details": details}
 
 
-@app.command()
+@app.command(epilog=examples(
+    "paramio diff model.safetensors model.h5",
+    "paramio diff model.safetensors model-bf16.safetensors --tolerance 1e-2",
+))
 def diff(
     a: Annotated[Path, typer.Argument(metavar="A", help="A checkpoint file.", show_default=False)],
     b: Annotated[Path, typer.Argument(metavar="B", help="Another checkpoint file.", show_default=False)],

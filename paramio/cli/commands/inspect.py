@@ -14,8 +14,8 @@ from rich.text import Text
 
 import paramio
 
-from ...display import manifest_table, summary
-from ..app import app
+from ...display import manifest_table, metadata_line, shorten, summary
+from ..app import app, examples
 from ..render import audit_json, print_findings, stdout
 
 __all__ = ["inspect"]
@@ -26,13 +26,16 @@ def _head(file: Path, fmt: str, manifest: paramio.Manifest) -> str:
     who = " ".join(p for p in (producer.name, producer.version) if p)
     if producer.torch:
         who += f" (torch {producer.torch})"
-    head = f"{file} · {fmt} · written by {who}"
+    head = f"{file} · {fmt} · written by {shorten(who)}"
     if manifest.model_class:
-        head += f" · {manifest.model_class}"
+        head += f" · {shorten(manifest.model_class)}"
     return head
 
 
-@app.command()
+@app.command(epilog=examples(
+    "paramio inspect model.safetensors",
+    "paramio inspect model.safetensors --stats --json",
+))
 def inspect(
     file: Annotated[Path, typer.Argument(metavar="FILE", show_default=False,
                                          help="A checkpoint: a file, a sharded folder or a DCP folder.")],
@@ -41,6 +44,8 @@ def inspect(
     stats: Annotated[bool, typer.Option("--stats", help="Add mean/std/min/max/norm, zeros and NaN/Inf counts per "
                                         "tensor, and the tie audit (reads the data; checksums are verified).")
                      ] = False,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="With --stats: check each tensor's checksum "
+                                         "(default); --no-verify reads a damaged tensor anyway.")] = True,
 ) -> None:
     """List every name in FILE: dtype, shape, ties, checksum. Reads no tensor data without --stats."""
     from ...audit import audit_stored
@@ -51,7 +56,7 @@ def inspect(
     manifest = paramio.read_manifest(file)
     numbers = found = None
     if stats:
-        with open_stored(file) as stored:
+        with open_stored(file, verify=verify) as stored:
             numbers = stats_of(stored)
             found = audit_stored(stored)
     location = locate(file)
@@ -68,10 +73,10 @@ def inspect(
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
         return
     console = stdout()
-    console.print(Text(_head(file, fmt, manifest), style="bold"))
-    console.print(summary(manifest))
+    console.print(Text(_head(file, fmt, manifest), style="bold"), soft_wrap=True)
+    console.print(summary(manifest), soft_wrap=True)
     if manifest.metadata:
-        console.print("metadata: " + ", ".join(f"{k}={v}" for k, v in manifest.metadata.items()))
+        console.print(metadata_line(manifest.metadata), soft_wrap=True)
     console.print(manifest_table(manifest, None if numbers is None else {s.name: s for s in numbers.stored}))
     if numbers is not None and found is not None:
         console.print(numbers.summary(), soft_wrap=True)

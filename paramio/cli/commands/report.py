@@ -8,13 +8,16 @@ from typing import Annotated
 
 import typer
 
-from ..app import app
+from ..app import app, examples
 from ..render import status
 
 __all__ = ["report"]
 
 
-@app.command()
+@app.command(epilog=examples(
+    "paramio report model.safetensors -o report.html",
+    "paramio report base.safetensors tuned.safetensors -o drift.png",
+))
 def report(
     a: Annotated[Path, typer.Argument(metavar="A", help="A checkpoint: a file or a folder.", show_default=False)],
     b: Annotated[Path | None, typer.Argument(metavar="B", help="Another checkpoint (e.g. fine-tuned from A): "

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ..app import EXIT_FINDING, app
+from ..app import EXIT_FINDING, app, examples
 from ..render import status, stdout, write_text
 
 __all__ = ["schema", "SCHEMA_DIR"]
@@ -27,7 +27,7 @@ def _schema_dir() -> Path:
 SCHEMA_DIR = _schema_dir()
 
 
-@app.command()
+@app.command(epilog=examples("paramio schema --check", "paramio schema"))
 def schema(
     check: Annotated[bool, typer.Option("--check", help="Write nothing; exit 1 naming stale or missing files.")
                      ] = False,

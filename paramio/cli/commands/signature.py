@@ -11,7 +11,7 @@ import typer
 
 import paramio
 
-from ..app import app
+from ..app import app, examples
 from ..factory import about_model, model_or_path
 from ..options import ExampleInputs
 from ..render import status, write_text
@@ -19,7 +19,10 @@ from ..render import status, write_text
 __all__ = ["signature"]
 
 
-@app.command()
+@app.command(epilog=examples(
+    "paramio signature mymodels:build -o model.sig.json",
+    "paramio validate model.safetensors --against model.sig.json",
+))
 def signature(
     source: Annotated[str, typer.Argument(metavar="SPEC|FILE", help="A factory (package.module:callable) or a "
                                           "checkpoint file.", show_default=False)],

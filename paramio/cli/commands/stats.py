@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from ..app import app
+from ..app import app, examples
 from ..render import stdout
 
 __all__ = ["stats", "stats_table"]
@@ -49,7 +49,10 @@ def stats_table(result) -> Table:
     return table
 
 
-@app.command()
+@app.command(epilog=examples(
+    "paramio stats model.safetensors",
+    "paramio stats model.safetensors --json --bins 32",
+))
 def stats(
     file: Annotated[Path, typer.Argument(metavar="FILE", help="A checkpoint: a file or a folder (sharded, DCP).",
                                          show_default=False)],

@@ -14,7 +14,7 @@ import typer
 import paramio
 
 from ...display import summary
-from ..app import EXIT_FINDING, app
+from ..app import EXIT_FINDING, app, examples
 from ..factory import about_model, model_or_path
 from ..options import ExampleInputs
 from ..render import audit_json, print_findings, stdout
@@ -28,7 +28,10 @@ def _payload(file: Path, report: paramio.Report) -> dict[str, Any]:
             "nonfinite": {n: {"nan": c[0], "posinf": c[1], "neginf": c[2]} for n, c in report.nonfinite.items()}}
 
 
-@app.command()
+@app.command(epilog=examples(
+    "paramio validate model.safetensors",
+    "paramio validate model.safetensors --against mymodels:build",
+))
 def validate(
     file: Annotated[Path, typer.Argument(metavar="FILE", help="A checkpoint file.", show_default=False)],
     against: Annotated[str | None, typer.Option("--against", "-a", metavar="SPEC|signature.json",

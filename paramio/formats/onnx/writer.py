@@ -17,7 +17,7 @@ from onnx import TensorProto, helper
 
 from ..._version import __version__
 from ...atomic import Staging
-from ...errors import FormatError
+from ...errors import FormatError, InternalError
 from ...manifest import Manifest, TensorEntry
 from .._mapped import ITEMSIZE
 from ..base import MANIFEST_KEY, Writer
@@ -277,7 +277,7 @@ class ONNXWriter(Writer):
         slot = self._slots[self._index]
         self._index += 1
         if entry.name != slot.name:
-            raise FormatError(f"internal error: tensor `{entry.name}` given where `{slot.name}` was due")
+            raise InternalError(f"tensor `{entry.name}` given where `{slot.name}` was due")
         data = _as_bytes(tensor)
         if data.nbytes != slot.nbytes:
             raise FormatError(f"tensor `{entry.name}`: {data.nbytes} bytes given, {slot.nbytes} expected")
@@ -298,11 +298,11 @@ class ONNXWriter(Writer):
 
     def finish(self, manifest: Manifest) -> None:
         if self._index != len(self._slots):
-            raise FormatError("internal error: fewer tensors written than the manifest lists")
+            raise InternalError("fewer tensors written than the manifest lists")
         self._file.write(self._constant_bytes)
         self._file.write(self._graph_tail)
         if self._file.tell() - self._graph_start != self._graph_size() - len(self._graph_head):
-            raise FormatError("internal error: the ONNX graph came out a different size than planned")
+            raise InternalError("the ONNX graph came out a different size than planned")
         self._file.write(self._model_tail(manifest))
         if self._data_temp is not None:
             key = (self._hash.hexdigest() if self._hash is not None

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from ...errors import FormatError
+from ...errors import InternalError
 
 __all__ = ["replace_in_data_pkl"]
 
@@ -78,11 +78,11 @@ def _record_by_zipfile(fh: BinaryIO) -> _Record:
     try:
         archive = zipfile.ZipFile(fh)
     except zipfile.BadZipFile as e:
-        raise FormatError(f"internal error: torch.save wrote an archive zipfile cannot read ({e})") from e
+        raise InternalError(f"torch.save wrote an archive zipfile cannot read ({e})") from e
     with archive:
         info = next((i for i in archive.infolist() if i.filename.endswith("/data.pkl")), None)
         if info is None:
-            raise FormatError("internal error: torch.save wrote no data.pkl record")
+            raise InternalError("torch.save wrote no data.pkl record")
         at = archive.start_dir
         for _ in archive.infolist():
             fh.seek(at)
@@ -94,7 +94,7 @@ def _record_by_zipfile(fh: BinaryIO) -> _Record:
                 return _Record(info.header_offset, info.compress_size, info.CRC, info.flag_bits,
                                info.compress_type, at)
             at += 46 + sum(lengths)
-    raise FormatError("internal error: no central directory entry for data.pkl")
+    raise InternalError("no central directory entry for data.pkl")
 
 
 
@@ -102,11 +102,11 @@ def _record_by_zipfile(fh: BinaryIO) -> _Record:
 def replace_in_data_pkl(path: Path, old: bytes, new: bytes) -> None:
     """Replace ``old`` (found exactly once in ``data.pkl``) by ``new`` of the same length in the archive."""
     if len(new) != len(old):
-        raise FormatError("internal error: the final manifest differs in length from the draft")
+        raise InternalError("the final manifest differs in length from the draft")
     with open(path, "r+b") as fh:
         record = _first_record(fh) or _record_by_zipfile(fh)
         if record.method != zipfile.ZIP_STORED:
-            raise FormatError("internal error: torch.save compressed data.pkl")
+            raise InternalError("torch.save compressed data.pkl")
         fh.seek(record.local)
         local = fh.read(30)
         start = record.local + 30 + _u(local, 26, 2) + _u(local, 28, 2)
@@ -114,7 +114,7 @@ def replace_in_data_pkl(path: Path, old: bytes, new: bytes) -> None:
         data = bytearray(fh.read(record.size))
         at = data.find(old)
         if at < 0 or data.find(old, at + 1) >= 0:
-            raise FormatError("internal error: the manifest is not once in data.pkl")
+            raise InternalError("the manifest is not once in data.pkl")
         data[at:at + len(new)] = new
         crc = zlib.crc32(data).to_bytes(4, "little")
         fh.seek(start + at)
@@ -137,4 +137,4 @@ def _crc_position(fh: BinaryIO, record: _Record, start: int) -> int:
         return start + record.size + 4
     if head[:4] == crc:
         return start + record.size
-    raise FormatError("internal error: data.pkl's data descriptor is not where the zip says")
+    raise InternalError("data.pkl's data descriptor is not where the zip says")
