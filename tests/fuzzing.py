@@ -724,6 +724,46 @@ def zip_build(members: list[tuple[str, bytes]]) -> bytes:
     return out.getvalue()
 
 
+_BOMB_BLOCK = 1 << 24
+
+
+def deflate_bomb(inflated: int) -> bytes:
+    """A raw deflate stream of ``inflated`` zero bytes (a multiple of 16 MiB) about a thousandth of that size,
+    made without compressing them all: after a full flush, every 16 MiB block of zeros compresses the same."""
+    import zlib
+
+    assert inflated % _BOMB_BLOCK == 0
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    zeros = bytes(_BOMB_BLOCK)
+    first = c.compress(zeros) + c.flush(zlib.Z_FULL_FLUSH)
+    again = c.compress(zeros) + c.flush(zlib.Z_FULL_FLUSH)
+    return first + again * (inflated // _BOMB_BLOCK - 1) + c.flush()
+
+
+def zip_with_bomb(members: list[tuple[str, bytes]], name: str, inflated: int, crc: int = 0) -> bytes:
+    """``zip_build(members)`` with member ``name`` replaced by a deflated record of ``inflated`` zero bytes
+    (its sizes declared honestly in both headers; ``crc`` as given, computing it costs a second per GiB)."""
+    bomb = deflate_bomb(inflated)
+    data = bytearray(zip_build([(n, bomb if n == name else d) for n, d in members]))
+    with zipfile.ZipFile(io.BytesIO(bytes(data))) as z:
+        info = z.getinfo(name)
+    local = info.header_offset
+    struct.pack_into("<H", data, local + 8, zipfile.ZIP_DEFLATED)
+    struct.pack_into("<III", data, local + 14, crc, len(bomb), inflated)
+    central = next(at for at in _find_all(data, b"PK\x01\x02")
+                   if data[at + 46:at + 46 + len(name.encode())] == name.encode())
+    struct.pack_into("<H", data, central + 10, zipfile.ZIP_DEFLATED)
+    struct.pack_into("<III", data, central + 16, crc, len(bomb), inflated)
+    return bytes(data)
+
+
+def _find_all(data: bytes | bytearray, needle: bytes) -> Iterator[int]:
+    at = data.find(needle)
+    while at >= 0:
+        yield at
+        at = data.find(needle, at + 1)
+
+
 EVIL = ("exec", "system", "eval", "subprocess", "getattr")
 
 
@@ -789,9 +829,21 @@ def _mutate_torch(path: Path, case: Path, rng: random.Random) -> str:
         raise Skip("no data.pkl")
     prefix = pkl[: -len("data.pkl")]
     op = rng.choice(["evil", "int", "int", "int", "string", "string", "bytes", "record-size", "record-drop",
-                     "record-dup", "byteorder", "version", "manifest"])
+                     "record-dup", "byteorder", "version", "manifest", "repeat", "bomb", "deflate"])
     body = members[index[pkl]][1]
     what = op
+    if op == "repeat":  # a tensor re-saved with more elements than its storage (stride 0, overlapping rows)
+        return _repeat_tensor(path, data, rng)
+    if op == "bomb":  # data.pkl deflated from 2 GiB of zeros: 2 MB on disk
+        path.write_bytes(zip_with_bomb(members, pkl, 2**31))
+        return "torch data.pkl inflates to 2 GiB"
+    if op == "deflate":  # every record compressed (tensor data can no longer be mapped)
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+            for name, member in members:
+                z.writestr(name, member)
+        path.write_bytes(out.getvalue())
+        return "torch records deflated"
     if op == "evil":
         body = evil_pickle(case / MARKER, rng.choice(EVIL))
     elif op == "int":
@@ -859,6 +911,35 @@ def _mutate_torch(path: Path, case: Path, rng: random.Random) -> str:
     members[index[pkl]] = (pkl, body)
     path.write_bytes(zip_build(members))
     return f"torch {what}"
+
+
+def _repeat_tensor(path: Path, data: bytes, rng: random.Random) -> str:
+    """The file saved again with one tensor replaced by one whose elements repeat: a stride-0 expand of one
+    element to 2**40, or 2**16 rows overlapping in a 2**17-element storage; the manifest (if any) may be
+    edited to match."""
+    import torch
+
+    state = torch.load(io.BytesIO(data), weights_only=True)
+    names = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.dtype.is_floating_point]
+    if not names:
+        raise Skip("no floating tensor")
+    name = rng.choice(names)
+    dtype = state[name].dtype
+    if rng.random() < 0.5:
+        state[name] = torch.zeros(1, dtype=dtype).expand(2**20, 2**20)
+    else:
+        state[name] = torch.zeros(2**17, dtype=dtype).as_strided((2**16, 2**16), (1, 1))
+    meta = getattr(state, "_metadata", None)
+    if isinstance(meta, dict) and isinstance(meta.get("paramio.manifest"), str) and rng.random() < 0.7:
+        manifest = json.loads(meta["paramio.manifest"])
+        for entry in manifest.get("tensors", []):
+            if entry.get("name") == name:
+                entry["shape"] = list(state[name].shape)
+        meta["paramio.manifest"] = json.dumps(manifest)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    path.write_bytes(buffer.getvalue())
+    return f"torch {name} repeats: shape {list(state[name].shape)} strides {list(state[name].stride())}"
 
 
 STRUCTURAL: dict[str, Callable[[Path, Path, random.Random], str]] = {

@@ -9,10 +9,14 @@ the test instead of the test run; nothing here allocates more than a few megabyt
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import subprocess
 import sys
 import textwrap
+import zipfile
+from collections import OrderedDict
 from pathlib import Path
 
 import h5py
@@ -31,6 +35,28 @@ def run_python(code: str, *, timeout: float = 60, cwd: Path | None = None) -> su
     """``code`` in a fresh interpreter; a hang is a failed test (TimeoutExpired), a signal a negative rc."""
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
                           timeout=timeout, cwd=cwd or ROOT)
+
+
+def run_capped(code: str, *, timeout: float = 120, mem_mb: int = 1024) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter that may map at most ``mem_mb`` more than paramio and torch take
+    (RLIMIT_AS), so that a huge allocation fails there instead of exhausting the machine. ``cli(*args)`` runs
+    ``python -m paramio`` in it and returns the exit code."""
+    prelude = f"""
+        import runpy, sys
+        import paramio, paramio.cli, torch
+        from tests.fuzzing import cap_memory
+
+        def cli(*args):
+            sys.argv = ["paramio", *args]
+            try:
+                runpy.run_module("paramio", run_name="__main__", alter_sys=True)
+            except SystemExit as e:
+                return e.code
+            return 0
+
+        cap_memory({mem_mb})
+        """
+    return run_python(textwrap.dedent(prelude) + textwrap.dedent(code), timeout=timeout)
 
 
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -193,3 +219,116 @@ def test_an_oversized_hdf5_manifest_is_a_validate_problem(tmp_path: Path, monkey
     assert not report.ok and "more than the cap of 100" in report.problems[0]
     monkeypatch.setattr(paramio.limits, "MAX_MANIFEST_BYTES", 1 << 20)
     assert paramio.validate(path).ok
+
+
+# -- .pt storage bounds and zip bombs --------------------------------------------------------------------------
+
+
+def _repeating(kind: str) -> tuple[torch.Tensor, int]:
+    """A tensor with far more elements than its storage, and its element count: every element the same one
+    (stride 0), or rows that overlap (strides (1, 1))."""
+    if kind == "stride-0":
+        return torch.zeros(1).expand(2**20, 2**20), 2**40
+    return torch.zeros(2**17, dtype=torch.uint8).as_strided((2**16, 2**16), (1, 1)), 2**32
+
+
+def _save_repeating(path: Path, kind: str, with_manifest: bool) -> int:
+    """torch.save of a state dict holding such a tensor (a 1.5 kB file for stride 0), with or without a
+    paramio manifest that describes it (shape and all, so that only the storage tells it apart)."""
+    tensor, numel = _repeating(kind)
+    state = OrderedDict(w=tensor, b=torch.ones(3))
+    if with_manifest:
+        small = path.with_name("small.pt")
+        paramio.save({"w": torch.zeros(4, dtype=tensor.dtype), "b": torch.ones(3)}, small)
+        manifest = json.loads(paramio.read_manifest(small).to_json())
+        manifest["tensors"][0]["shape"] = list(tensor.shape)
+        state._metadata = OrderedDict([("paramio.manifest", json.dumps(manifest))])  # type: ignore[attr-defined]
+        small.unlink()
+    torch.save(state, path)
+    return numel
+
+
+@pytest.mark.parametrize("with_manifest", [False, True], ids=["stock", "manifest"])
+@pytest.mark.parametrize("kind", ["stride-0", "overlapping"])
+def test_a_pt_tensor_with_more_elements_than_its_storage_is_refused(tmp_path: Path, kind: str,
+                                                                    with_manifest: bool) -> None:
+    """A 1.5 kB ``.pt`` declares a 4 TiB tensor over one stored float (stride 0): ``load`` handed it on, and
+    ``convert``, checksums, ``inspect --stats`` and ``diff`` then tried to expand it. Every verb refuses it,
+    at once, naming the tensor (in a process capped at 1 GiB, and within a time limit)."""
+    path = tmp_path / "m.pt"
+    numel = _save_repeating(path, kind, with_manifest)
+    assert path.stat().st_size < 600_000
+    result = run_capped(f"""
+        path = {str(path)!r}
+        verbs = {{
+            "load": lambda: paramio.load(path),
+            "validate": lambda: paramio.validate(path),
+            "convert": lambda: paramio.convert(path, {str(tmp_path / "out.safetensors")!r}),
+            "diff": lambda: paramio.diff(path, path),
+        }}
+        if callable(getattr(paramio, "stats", None)):  # issue 13's statistics, where this checkout has them
+            verbs["stats"] = lambda: paramio.stats(path)
+        for verb, run in verbs.items():
+            try:
+                run()
+                print(verb, "accepted")
+            except paramio.errors.FormatError as e:
+                print(verb, "refused", e)
+        print("cli", cli("inspect", "--stats", path))
+        """, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines() if " " in line)
+    expected = f"{path}: tensor `w` declares {numel} elements"
+    assert {"load", "validate", "convert", "diff"} <= set(lines), result.stdout[-2000:]
+    for verb in set(lines) - {"cli"}:
+        assert lines[verb].startswith(f"refused {expected}"), (verb, result.stdout[-2000:])
+    assert lines["cli"] == "2" and expected in result.stderr
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_a_pt_whose_pickle_inflates_to_2_gib_is_refused_before_inflating(tmp_path: Path) -> None:
+    """A 2 MB ``.pt`` whose data.pkl record is deflated from 2 GiB (sizes declared honestly in the central
+    directory): torch would inflate all of it into memory. The declared size is refused before that."""
+    import zlib
+
+    from .fuzzing import zip_members, zip_with_bomb
+
+    buffer = io.BytesIO()
+    torch.save({"w": torch.ones(2)}, buffer)
+    members = zip_members(buffer.getvalue())
+    pickle_name = next(n for n, _ in members if n.endswith("data.pkl"))
+    crc, zeros = 0, bytes(1 << 24)
+    for _ in range(128):
+        crc = zlib.crc32(zeros, crc)
+    path = tmp_path / "bomb.pt"
+    path.write_bytes(zip_with_bomb(members, pickle_name, 2**31, crc))
+    assert path.stat().st_size < 3 << 20
+    result = run_capped(f"""
+        for verb in (paramio.load, paramio.read_manifest):
+            try:
+                verb({str(path)!r})
+                print("accepted")
+            except paramio.errors.FormatError as e:
+                print("refused", e)
+        """, mem_mb=1024)
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = f"refused {path}: compressed record `{pickle_name}` declares {2**31} bytes once inflated"
+    assert result.stdout.splitlines() == [result.stdout.splitlines()[0]] * 2, result.stdout
+    assert result.stdout.startswith(expected) and "refused before inflating it" in result.stdout, result.stdout
+
+
+def test_a_pt_with_compressed_tensor_data_is_refused_not_read_as_garbage(tmp_path: Path) -> None:
+    """A torch.save file re-zipped with deflate: ``torch.load(mmap=True)`` maps the deflated bytes as if they
+    were the values, so the file loaded as garbage without a word. It is refused, naming the record."""
+    buffer = io.BytesIO()
+    torch.save({"w": torch.zeros(64)}, buffer)
+    from .fuzzing import zip_members
+
+    path = tmp_path / "deflated.pt"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in zip_members(buffer.getvalue()):
+            z.writestr(name, data)
+    assert torch.load(path, weights_only=True)["w"].eq(0).all()  # torch without mmap inflates it: zeros
+    with pytest.raises(FormatError, match=r"tensor record `.*/data/0` is compressed") as info:
+        paramio.load(path)
+    assert str(path) in str(info.value)

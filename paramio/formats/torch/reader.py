@@ -10,7 +10,7 @@ import pickle
 import warnings
 import zipfile
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import torch
 
@@ -33,6 +33,10 @@ PARALLEL_PREFIX = "module."
 #: Metadata key that says a prefix was taken off every name (a file without a paramio manifest only).
 STRIPPED_KEY = "paramio.stripped_prefix"
 _ZIP_MAGIC = b"PK\x03\x04"
+#: Deflate expands at most ~1032:1; a compressed record declaring more than that is not honest.
+_MAX_EXPANSION = 1032
+#: What a pickle holds beside the manifest (names, shapes, storage keys): generous for a million tensors.
+_PICKLE_SLACK = 256 << 20
 
 
 class TorchReader(Reader):
@@ -78,7 +82,7 @@ class TorchReader(Reader):
                 self._metadata[VERSIONS_KEY] = json.dumps(versions)
 
     def _check_zip(self) -> None:
-        """Bounds-check the archive's records before torch maps them."""
+        """Bounds-check the archive's records (from its central directory) before torch maps or inflates any."""
         size = os.stat(self._source).st_size
         try:
             with zipfile.ZipFile(self._source) as archive:
@@ -90,6 +94,27 @@ class TorchReader(Reader):
             if info.header_offset + info.compress_size > size:
                 raise FormatError(f"{self.path}: record `{info.filename}` runs past the end of the file "
                                   f"({size} bytes; truncated?)")
+            self._check_record(info)
+
+    def _check_record(self, info: zipfile.ZipInfo) -> None:
+        """torch.save stores every record uncompressed. A compressed tensor record would be mapped as it lies
+        (torch.load(mmap=True) reads the deflated bytes as values); any other compressed record is inflated
+        whole into memory at the size the archive declares, so that size is bounded before torch sees it (a
+        zip bomb: 2 MB declaring 2 GiB)."""
+        if info.compress_type == zipfile.ZIP_STORED:
+            if info.file_size != info.compress_size:
+                raise FormatError(f"{self.path}: record `{info.filename}` is stored uncompressed but declares "
+                                  f"{info.file_size} bytes for {info.compress_size} (corrupt archive)")
+            return
+        if PurePosixPath(info.filename).parent.name == "data":
+            raise FormatError(f"{self.path}: tensor record `{info.filename}` is compressed; paramio maps tensor "
+                              "data straight from the file, which needs it stored uncompressed, as torch.save "
+                              "writes it (re-save it with torch.save)")
+        cap = min(limits.MAX_MANIFEST_BYTES + _PICKLE_SLACK, _MAX_EXPANSION * info.compress_size + _PICKLE_SLACK)
+        if info.file_size > cap:
+            raise FormatError(f"{self.path}: compressed record `{info.filename}` declares {info.file_size} bytes "
+                              f"once inflated from {info.compress_size} (more than the {cap} allowed); refused "
+                              "before inflating it (a zip bomb?)")
 
     def _check_legacy(self) -> None:
         """Bound a legacy (pre-zip) file's storages by its size: torch allocates each storage at the size the
@@ -174,6 +199,15 @@ class TorchReader(Reader):
             check_tensor(name, tensor)  # what save refuses, a file cannot bring in either
         except FormatError as e:
             raise FormatError(f"{self.path}: {e}") from None
+        held = tensor.untyped_storage().nbytes() // max(tensor.element_size(), 1)
+        if tensor.numel() > held:
+            # Stride 0 or overlapping strides: a 1.5 kB file can declare a 4 TiB tensor over one stored element,
+            # which every use (a copy, a checksum, statistics, a diff) would then expand.
+            raise FormatError(f"{self.path}: tensor `{name}` declares {tensor.numel()} elements (shape "
+                              f"{list(tensor.shape)}, strides {list(tensor.stride())}) over a storage of {held}; "
+                              "refused: its elements repeat, and a copy would need "
+                              f"{tensor.numel() * tensor.element_size()} bytes. Save it with .contiguous() so that "
+                              "every element is stored")
         # Parameters and tensors that require grad come back detached; plain ones are already the caller's.
         return tensor if type(tensor) is torch.Tensor and not tensor.requires_grad else tensor.detach()
 
