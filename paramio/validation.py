@@ -3,6 +3,8 @@ the file whole?"""
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +12,7 @@ from pathlib import Path
 import pydantic
 from torch import nn
 
+from . import limits
 from .audit import Audit, as_loaded, audit_stored, digest_candidates
 from .checkpoint import collect
 from .checksum import digest, tensor_bytes
@@ -41,16 +44,42 @@ class Report:
 
 
 def load_signature(path: str | Path) -> Signature:
-    """A signature saved as JSON (``paramio signature -o``)."""
+    """A signature saved as JSON (``paramio signature -o``). The file is checked by type and size before it
+    is read: a FIFO would block the read forever, and a signature is no larger than a manifest
+    (``limits.MAX_MANIFEST_BYTES``), so a 10 GB file is refused instead of read whole."""
     path = Path(path)
     try:
-        return Signature.from_json(path.read_bytes())
+        return Signature.from_json(_read_bounded(path, limits.MAX_MANIFEST_BYTES))
     except FileNotFoundError as e:
         raise MissingFileError(path) from e
     except OSError as e:
         raise FormatError(f"{path}: cannot read: {e.strerror or e}") from e
     except pydantic.ValidationError as e:
         raise FormatError(f"{path}: not a paramio signature: {e.errors()[0]['msg']}") from e
+
+
+def _read_bounded(path: Path, cap: int) -> bytes:
+    """The bytes of a regular file of at most ``cap`` bytes, opened without blocking (a FIFO's open waits for
+    a writer) and checked before any byte is read."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = ("a directory" if stat.S_ISDIR(info.st_mode) else "a FIFO (named pipe)"
+                    if stat.S_ISFIFO(info.st_mode) else "a device" if stat.S_ISCHR(info.st_mode)
+                    or stat.S_ISBLK(info.st_mode) else "not a regular file")
+            raise FormatError(f"{path}: {kind}, not a signature file; give the path of a JSON file written by "
+                              "`paramio signature -o`")
+        if info.st_size > cap:
+            raise FormatError(f"{path}: {info.st_size} bytes, more than the cap of {cap} for a signature "
+                              "(a signature is no larger than a manifest); refused before reading it")
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = fh.read(cap + 1)
+        if len(data) > cap:  # grew since the check
+            raise FormatError(f"{path}: more than the cap of {cap} bytes for a signature")
+        return data
+    finally:
+        os.close(fd)
 
 
 def signature(model_or_path: nn.Module | str | Path | Signature) -> Signature:

@@ -332,3 +332,56 @@ def test_a_pt_with_compressed_tensor_data_is_refused_not_read_as_garbage(tmp_pat
     with pytest.raises(FormatError, match=r"tensor record `.*/data/0` is compressed") as info:
         paramio.load(path)
     assert str(path) in str(info.value)
+
+
+# -- signature files that are FIFOs or huge --------------------------------------------------------------------
+
+
+def test_a_signature_file_that_is_a_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
+    """``validate(f, against="sig.json")`` with a FIFO named sig.json blocked forever in open()/read()."""
+    checkpoint = tmp_path / "m.safetensors"
+    paramio.save({"w": torch.ones(2)}, checkpoint)
+    fifo = tmp_path / "sig.json"
+    os.mkfifo(fifo)
+    result = run_python(f"""
+        import paramio
+        for call in (lambda: paramio.validate({str(checkpoint)!r}, against={str(fifo)!r}),
+                     lambda: paramio.signature({str(fifo)!r})):
+            try:
+                call()
+                print("accepted")
+            except paramio.errors.FormatError as e:
+                print(e)
+        """, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [f"{fifo}: a FIFO (named pipe), not a signature file; give the path of a "
+                                          "JSON file written by `paramio signature -o`"] * 2
+
+
+def test_a_10_gb_signature_file_is_refused_by_its_size_before_reading(tmp_path: Path) -> None:
+    """A sparse 10 GB ``sig.json`` was read whole (a raw MemoryError where memory is short): refused from its
+    size, in a process that could not even hold a tenth of it."""
+    checkpoint = tmp_path / "m.safetensors"
+    paramio.save({"w": torch.ones(2)}, checkpoint)
+    huge = tmp_path / "sig.json"
+    with open(huge, "wb") as fh:
+        fh.truncate(10 * 10**9)
+    result = run_capped(f"""
+        try:
+            paramio.validate({str(checkpoint)!r}, against={str(huge)!r})
+            print("accepted")
+        except paramio.errors.FormatError as e:
+            print(e)
+        """, mem_mb=512)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == (f"{huge}: 10000000000 bytes, more than the cap of "
+                                     f"{paramio.limits.MAX_MANIFEST_BYTES} for a signature (a signature is no "
+                                     "larger than a manifest); refused before reading it")
+
+
+def test_a_signature_file_written_by_paramio_still_validates(tmp_path: Path) -> None:
+    model = torch.nn.Linear(2, 3)
+    checkpoint, sig = tmp_path / "m.safetensors", tmp_path / "sig.json"
+    paramio.save(model, checkpoint)
+    sig.write_text(paramio.signature(model).to_json())
+    assert paramio.validate(checkpoint, against=sig).ok
