@@ -120,6 +120,7 @@ class Staging:
         self._synced: set[str] = set()
         self._pending: list[tuple[Path, Path]] = []
         self._after: list[Callable[[], None]] = []
+        self._holds: list[contextlib.AbstractContextManager[object]] = []
 
     def temp_for(self, final: Path) -> Path:
         """A temporary name beside ``final``, committed over it; refuses a ``final`` that is not a file."""
@@ -149,9 +150,20 @@ class Staging:
         version no longer uses); best effort: an OSError it raises is ignored, the write stands."""
         self._after.append(action)
 
+    def hold(self, guard: contextlib.AbstractContextManager[object]) -> None:
+        """Enter ``guard`` (a lock) before the renames and leave it after the after-commit actions."""
+        self._holds.append(guard)
+
     def commit(self) -> None:
         """fsync each file, rename in order (the main file last), then fsync the folders (without the fsyncs
-        when not durable)."""
+        when not durable); inside the guards given to :meth:`hold`."""
+        with contextlib.ExitStack() as stack:
+            for guard in self._holds:
+                stack.enter_context(guard)
+            self._holds = []
+            self._commit()
+
+    def _commit(self) -> None:
         folders = set()
         for temp, _ in self._pending:
             if self.durable and os.fspath(temp) not in self._synced and temp.exists():
@@ -180,6 +192,7 @@ class Staging:
                 temp.unlink()
         self._pending.clear()
         self._after.clear()
+        self._holds.clear()
 
 
 @contextlib.contextmanager

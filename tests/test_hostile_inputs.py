@@ -385,3 +385,102 @@ def test_a_signature_file_written_by_paramio_still_validates(tmp_path: Path) -> 
     paramio.save(model, checkpoint)
     sig.write_text(paramio.signature(model).to_json())
     assert paramio.validate(checkpoint, against=sig).ok
+
+
+# -- ONNX external data under concurrent saves -----------------------------------------------------------------
+
+_SAVER = """
+import sys, torch, paramio
+path, writer, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+for i in range(count):
+    v = float(writer * 1000 + i)
+    paramio.save({"a": torch.full((256,), v), "b": torch.full((64,), v)}, path, external_data=True, durable=False)
+"""
+_LOADER = """
+import os, sys, paramio
+path, stop = sys.argv[1], sys.argv[2]
+loads = 0
+while not os.path.exists(stop):
+    try:
+        ck = paramio.load(path)
+    except paramio.errors.FormatError as e:
+        print("error", e, flush=True)
+        continue
+    values = {float(t[0]) for t in ck.values()} | {float(t[-1]) for t in ck.values()}
+    if len(values) != 1:
+        print("mixed", sorted(values), flush=True)
+    loads += 1
+print("loads", loads)
+"""
+
+
+def test_onnx_saves_and_loads_of_one_model_from_several_processes(tmp_path: Path) -> None:
+    """Two processes keep saving one ONNX model with external data while a third keeps loading it: every load
+    reads one whole version (each tensor of the same save) and none fails because a save removed the data
+    file of the version it had opened; afterwards the folder holds the model and the one data file it uses."""
+    path, stop = tmp_path / "m.onnx", tmp_path / "stop"
+    paramio.save({"a": torch.full((256,), -1.0), "b": torch.full((64,), -1.0)}, path, external_data=True)
+    loader = subprocess.Popen([sys.executable, "-c", _LOADER, str(path), str(stop)], cwd=ROOT, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    savers = [subprocess.Popen([sys.executable, "-c", _SAVER, str(path), str(w), "60"], cwd=ROOT, text=True,
+                               stderr=subprocess.PIPE) for w in (1, 2)]
+    try:
+        for saver in savers:
+            assert saver.wait(timeout=300) == 0, saver.stderr.read()[-2000:]
+    finally:
+        stop.touch()
+        out, err = loader.communicate(timeout=120)
+    assert loader.returncode == 0, err[-2000:]
+    lines = out.splitlines()
+    assert lines[-1].startswith("loads ") and int(lines[-1].split()[1]) > 0, out[-2000:]
+    assert lines[:-1] == [], "\n".join(lines[:10])
+    ck = paramio.load(path)
+    assert float(ck["a"][0]) in (1059.0, 2059.0)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "stop") == sorted(
+        ["m.onnx", *(p.name for p in paramio.formats.onnx.external.data_files(path))])
+
+
+def test_a_concurrent_onnx_save_never_deletes_the_data_of_the_model_on_disk(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Save X has put its model in place and its cleanup has read which data files that model uses; before it
+    removes the rest, save Y (the previous content, so the data file name the cleanup is about to remove)
+    commits. Y's model must keep its data: Y waits for X's cleanup (held open here by pausing it in a real
+    thread), so the cleanup never removes a file that the model on disk uses."""
+    import threading
+
+    from paramio.formats.onnx import external
+
+    path = tmp_path / "m.onnx"
+    y = {"a": torch.full((256,), 2.0)}
+    paramio.save(y, path, external_data=True)
+    in_cleanup, go_on = threading.Event(), threading.Event()
+    real = external.data_files
+
+    def paused(model: Path):
+        found = real(model)
+        if threading.current_thread().name == "save-x":
+            in_cleanup.set()
+            go_on.wait(timeout=30)
+        return found
+
+    monkeypatch.setattr(external, "data_files", paused)
+    errors: list[BaseException] = []
+
+    def save(tensors: dict) -> None:
+        try:
+            paramio.save(tensors, path, external_data=True)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    x_thread = threading.Thread(target=save, args=({"a": torch.full((256,), 1.0)},), name="save-x")
+    x_thread.start()
+    assert in_cleanup.wait(timeout=60)
+    y_thread = threading.Thread(target=save, args=(y,), name="save-y")
+    y_thread.start()
+    y_thread.join(timeout=2)  # with the lock, Y waits here for X's cleanup
+    go_on.set()
+    x_thread.join(timeout=60)
+    y_thread.join(timeout=60)
+    assert not errors, errors
+    ck = paramio.load(path)
+    assert ck["a"].eq(2.0).all()

@@ -1,15 +1,26 @@
 """External data files: one beside the model, named after its content (``<model>.<16 hex>.data``), so that
-renaming the model is the one commit point of a save; after the commit, the previous version's data file is
-removed when the new model does not use it (only files bearing this name for this model)."""
+renaming the model is the one commit point of a save; after the commit, data files bearing this name for this
+model that the model now there does not use are removed.
+
+Concurrent saves of one model: each holds an exclusive ``flock`` on the folder from its renames to the end of
+its cleanup (:func:`folder_lock`), so no other save commits between a cleanup reading the model now in place
+and removing what that model does not use (without it, a concurrent save of the previous content could put
+its model in place in that gap and lose its data file). Another save's data file is still under its temporary
+name until that save holds the lock, so the cleanup never takes it for an unused one. Readers take no lock;
+a reader that finds a data file gone while the model was replaced under it reads the new version (see the
+reader)."""
 
 from __future__ import annotations
 
 import hashlib
+import contextlib
+import fcntl
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["KEY_HEX", "data_name", "data_pattern", "data_files", "own_data_files", "remove_unused"]
+__all__ = ["KEY_HEX", "data_name", "data_pattern", "data_files", "own_data_files", "remove_unused", "folder_lock"]
 
 #: Hex digits of the content hash in an external data file's name.
 KEY_HEX = 16
@@ -64,13 +75,39 @@ def own_data_files(model: Path) -> bool:
         return False
 
 
-def remove_unused(model: Path, previous: set[Path]) -> None:
-    """After a save of ``model``: remove the data files the previous version used that the model now there
-    (this save's, or a concurrent one's) does not, if they bear paramio's name for this model."""
-    current = data_files(model)
-    if current is None:
-        return
+def remove_unused(model: Path, keep: set[Path]) -> None:
+    """After a save of ``model`` (under :func:`folder_lock`): remove the data files bearing paramio's name for
+    this model that the model now there does not use; ``keep`` (this save's own) are known to be used, so a
+    folder holding nothing else needs no read of the model."""
     folder, pattern = model.parent.resolve(), data_pattern(model.name)
-    for file in previous - current:
-        if file.parent == folder and pattern.fullmatch(file.name):
-            file.unlink(missing_ok=True)
+    try:
+        with os.scandir(folder) as entries:
+            own = {folder / e.name for e in entries if pattern.fullmatch(e.name)}
+    except OSError:
+        return
+    if not own - keep:
+        return
+    current = data_files(model)
+    if current is None:  # a model that does not read: remove nothing
+        return
+    for file in own - current - keep:
+        file.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``folder`` (advisory: paramio's ONNX saves take it around their commit and
+    cleanup); where the folder cannot be locked (a file system without flock), nothing is held."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)  # releases the lock

@@ -28,6 +28,10 @@ from .torch_notes import CONSTANT_NAME, GRAPH_METADATA, VALUE_INFO, torch_roles
 
 __all__ = ["ONNXReader"]
 
+#: Opens of a model whose data files a concurrent save removed before they were opened (each then finds the
+#: path naming a newer version).
+_ATTEMPTS = 5
+
 
 @dataclass(frozen=True)
 class _Initializer:
@@ -84,20 +88,40 @@ class ONNXReader(Reader):
         super().__init__(path)
         self._folder = self.path.parent.resolve()
         self._sources: dict[Path, MappedFile] = {}
+        for attempt in range(_ATTEMPTS):
+            try:
+                self._open()
+                return
+            except FormatError:
+                self.close()
+                # A save committed meanwhile and removed the data files of the version opened here: the
+                # path names a new version, read that one (each attempt reads one whole version).
+                if attempt + 1 == _ATTEMPTS or not self._replaced():
+                    raise
+            except BaseException:
+                self.close()
+                raise
+
+    def _replaced(self) -> bool:
+        """Whether the path now names another file than the one this reader opened."""
+        try:
+            info = os.stat(self.path)
+        except OSError:
+            return False
+        return (info.st_dev, info.st_ino) != self._identity
+
+    def _open(self) -> None:
+        self._sources = {}
         self._targets: dict[str, Path] = {}
         self._inits: dict[str, _Initializer] = {}
         self._graph_seen = False
         self._graph_notes = bytearray()  # value_info and metadata_props of the graph: the exporter's notes
-        try:
-            self._open()
-        except BaseException:
-            self.close()
-            raise
-
-    def _open(self) -> None:
+        self._identity = (-1, -1)
         try:
             with open(self.path, "rb") as fh:
-                self._size = os.fstat(fh.fileno()).st_size
+                info = os.fstat(fh.fileno())
+                self._identity = (info.st_dev, info.st_ino)
+                self._size = info.st_size
                 if self._size == 0:
                     raise self._fail("empty file (0 bytes)")
                 self._sources[self.path] = MappedFile(os.dup(fh.fileno()), self._size)

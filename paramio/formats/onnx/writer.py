@@ -22,7 +22,7 @@ from ...manifest import Manifest, TensorEntry
 from .._mapped import ITEMSIZE
 from ..base import MANIFEST_KEY, Writer
 from .codes import CODES, CONSTANTS_KEY, PROTOBUF_LIMIT
-from .external import KEY_HEX, data_files, data_name, own_data_files, remove_unused
+from .external import KEY_HEX, data_name, folder_lock, own_data_files, remove_unused
 from .protowire import field_header, varint
 
 __all__ = ["ONNXWriter", "CONTAINER_OPSET", "CONTAINER_IR_VERSION"]
@@ -183,9 +183,6 @@ class ONNXWriter(Writer):
         self._locations: list[int] = []  # file positions of the placeholder names
         # Without checksums the manifest does not tell contents apart: hash the data as it is written.
         self._hash = None if all(t.checksum for t in draft.tensors) else xxhash.xxh3_64()
-        # Only data files bearing paramio's name for this model are ever removed: without any, the previous
-        # model need not be read (a 20,000-tensor model takes ~0.3 s to scan).
-        self._previous = (data_files(final) or set()) if own_data_files(final) else set()
         self._data: BinaryIO | None = None
         self._data_temp: Path | None = None
         self._file: BinaryIO = open(temp, "wb")
@@ -316,8 +313,12 @@ class ONNXWriter(Writer):
             if fh is not None:
                 self.staging.sync(fh)
                 fh.close()
-        if self._previous:
-            self.staging.after_commit(lambda: remove_unused(self.final, self._previous))
+        keep = set()
+        if self._data_temp is not None:
+            keep.add(self.final.with_name(name).resolve())
+        if keep or own_data_files(self.final):  # only files bearing paramio's name for this model are removed
+            self.staging.hold(folder_lock(self.final.parent))
+            self.staging.after_commit(lambda: remove_unused(self.final, keep))
 
     def abort(self) -> None:
         for fh in (self._file, self._data):
