@@ -73,6 +73,7 @@ def _log_bars(ax, values: Sequence[float | None], colors: Sequence[str], xlabel:
 
 def _label_width(labels: Sequence[str], size: float = 7.5) -> float:
     """Inches the longest of ``labels`` takes (measured on the longest few by length)."""
+    _matplotlib()  # the first use of matplotlib: a missing extra is a MissingExtraError, not an ImportError
     from matplotlib.font_manager import FontProperties
     from matplotlib.textpath import TextToPath
 

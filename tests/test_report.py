@@ -136,11 +136,13 @@ def test_histograms_of_chosen_tensors(pair: tuple[Path, Path]) -> None:
         choose_tensors(stats, "decoder.*")
 
 
+@pytest.mark.parametrize("suffix", [".png", ".svg", ".html"])
 def test_a_report_needs_matplotlib_and_says_how_to_get_it(pair: tuple[Path, Path], tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "matplotlib", None)
+                                                          monkeypatch: pytest.MonkeyPatch, suffix: str) -> None:
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if the extra were not installed
     with pytest.raises(ParamioError, match=r"pip install 'paramio\[report\]'"):
-        paramio.report(pair[0], path=tmp_path / "r.png")
-    assert not (tmp_path / "r.png").exists()
+        paramio.report(pair[0], path=tmp_path / f"r{suffix}")
+    assert not (tmp_path / f"r{suffix}").exists()
     with pytest.raises(FormatError, match=r"\.html, \.png or \.svg"):
         paramio.report(pair[0], path=tmp_path / "r.pdf")
