@@ -17,7 +17,7 @@ from rich.text import Text
 from .dtype_names import ITEMSIZE
 from .manifest import Manifest
 
-__all__ = ["manifest_table", "ManifestTable", "summary", "count", "size", "figure", "shorten", "metadata_line",
+__all__ = ["manifest_table", "ManifestTable", "shard_table", "summary", "count", "size", "figure", "shorten", "metadata_line",
            "SHOWN"]
 
 #: Names up to this long keep their full width; longer ones (hostile files) may be folded.
@@ -66,9 +66,12 @@ def figure(row: Any, field: str | None) -> str:
 
 
 def manifest_table(manifest: Manifest, stats: Mapping[str, Any] | None = None,
-                   title: str | None = None, *, checksums: bool = True) -> ManifestTable:
-    """The ``paramio inspect`` table: one row per name, aliases and views included (a rich renderable)."""
-    return ManifestTable(manifest, stats, title, checksums=checksums)
+                   title: str | None = None, *, checksums: bool = True, shards: Mapping[str, str] | None = None
+                   ) -> ManifestTable:
+    """The ``paramio inspect`` table: one row per name, aliases and views included (a rich renderable);
+    ``shards`` (a sharded folder: stored name -> shard file) adds the shard column (an alias or view is in its
+    base's shard)."""
+    return ManifestTable(manifest, stats, title, checksums=checksums, shards=shards)
 
 
 class ManifestTable:
@@ -77,12 +80,17 @@ class ManifestTable:
     then the "tied to" notes wrap between words."""
 
     def __init__(self, manifest: Manifest, stats: Mapping[str, Any] | None = None,
-                 title: str | None = None, *, checksums: bool = True) -> None:
+                 title: str | None = None, *, checksums: bool = True, shards: Mapping[str, str] | None = None
+                 ) -> None:
         self.title, self.checksums, self.has_stats = title, checksums, stats is not None
+        self.has_shards = shards is not None
+        base = _bases(manifest) if shards is not None else {}
         self.rows: list[list[Any]] = []
         for name, dtype, shape, kind, note, checksum in _rows(manifest):
             label = Text(name) + (Text(f" ({kind})", style="dim") if kind != "parameter" else Text())
             cells: list[Any] = [label, dtype, str(list(shape)), f"{math.prod(shape):,}", note]
+            if shards is not None:
+                cells.append(shards.get(base.get(name, name), ""))
             if checksums:
                 cells.append(checksum or "")
             if stats is not None:
@@ -91,7 +99,8 @@ class ManifestTable:
             self.rows.append(cells)
 
     def columns(self) -> list[str]:
-        return ["name", "dtype", "shape", "numel", "tied to"] + (["checksum"] if self.checksums else []) + (
+        return ["name", "dtype", "shape", "numel", "tied to"] + (["shard"] if self.has_shards else []) + (
+            ["checksum"] if self.checksums else []) + (
             list(_FIGURE_HEADERS) if self.has_stats else [])
 
     def table(self, width: int) -> Table:
@@ -147,6 +156,30 @@ def shorten(text: str, limit: int = SHOWN) -> str:
 def metadata_line(metadata: Mapping[str, str]) -> str:
     """``metadata: k=v, …`` with each key and value shortened."""
     return "metadata: " + ", ".join(f"{shorten(k, 60)}={shorten(v)}" for k, v in metadata.items())
+
+
+def _bases(manifest: Manifest) -> dict[str, str]:
+    """Every alias and view -> the stored tensor whose bytes it uses."""
+    out = {v.name: v.base for v in manifest.views}
+    for group in manifest.ties:
+        for alias in group.aliases:
+            out[alias] = out.get(group.canonical, group.canonical)
+    return out
+
+
+def shard_table(manifest: Manifest, shards: Mapping[str, str]) -> Table:
+    """Per shard of a sharded folder: how many stored tensors it holds and their bytes."""
+    totals: dict[str, list[int]] = {}
+    for t in manifest.tensors:
+        row = totals.setdefault(shards.get(t.name, "?"), [0, 0])
+        row[0] += 1
+        row[1] += t.numel * ITEMSIZE[t.dtype]
+    table = Table(title=f"{count(len(totals), 'shard')}", title_justify="left", header_style="bold")
+    for column in ("shard", "tensors", "bytes"):
+        table.add_column(column, justify="left" if column == "shard" else "right")
+    for shard, (tensors, nbytes) in sorted(totals.items()):
+        table.add_row(shard, f"{tensors:,}", size(nbytes))
+    return table
 
 
 def summary(manifest: Manifest) -> str:

@@ -41,7 +41,7 @@ from pathlib import Path
 
 from paramio.formats.registry import SUFFIX
 
-__all__ = ["SUFFIX", "BAD", "MARKER", "EVIL", "write_seeds", "make_case", "check_file", "evil_pickle", "zip_build",
+__all__ = ["SUFFIX", "BAD", "MARKER", "EVIL", "FOLDER", "write_seeds", "make_case", "check_file", "evil_pickle", "zip_build",
            "WorkerPool", "campaign", "describe", "main"]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,6 +49,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BAD = ("bug", "crash", "hang", "memory", "unnamed", "ran-code", "leak")
 MARKER = "PWNED"
 MODEL_DIR = "model"
+#: The pseudo-format of sharded folders (their seeds and mutations; the case's path is the folder).
+FOLDER = "folder"
 
 # -- seeds --------------------------------------------------------------------------------------------------
 
@@ -151,6 +153,9 @@ def write_seeds(folder: Path, formats: Iterable[str]) -> dict[str, list[Path]]:
     probe = folder / "probe"
     probe.mkdir(parents=True, exist_ok=True)
     for fmt in formats:
+        if fmt == FOLDER:
+            seeds[fmt] = _folder_seeds(folder / fmt)
+            continue
         dtypes = _supported(fmt, probe)
         made: list[tuple[str, Callable[[Path], list]]] = []
 
@@ -197,6 +202,38 @@ def write_seeds(folder: Path, formats: Iterable[str]) -> dict[str, list[Path]]:
         seeds[fmt] = out
     shutil.rmtree(probe, ignore_errors=True)
     return seeds
+
+
+def _folder_seeds(folder: Path) -> list[Path]:
+    """Sharded folders: paramio's (safetensors and torch shards, ties, views, a 0-d tensor) and
+    huggingface_hub's (its alias pairs in the index, no manifest). The case's path is the folder itself."""
+    import torch
+
+    import paramio
+    from paramio.examples import tiny_lm
+
+    out = []
+    tensors = {k: v for k, v in _seed_tensors({"float32", "int64", "bfloat16"}).items()}
+    builds = {
+        "sharded-st": lambda where: paramio.save(tiny_lm(), f"{where}/", max_shard_size=1500),
+        "sharded-pt": lambda where: paramio.save(tiny_lm(), f"{where}/", format="torch", max_shard_size=1500),
+        "sharded-mixed": lambda where: paramio.save(tensors, f"{where}/", max_shard_size=100),
+    }
+    try:
+        from huggingface_hub import save_torch_state_dict
+
+        state = tiny_lm().state_dict()
+        builds["hub-st"] = lambda where: save_torch_state_dict(dict(state), where, max_shard_size=1500)
+    except ImportError:
+        pass
+    for name, build in builds.items():
+        where = folder / name / MODEL_DIR
+        where.mkdir(parents=True, exist_ok=True)
+        with torch.no_grad():
+            build(where)
+        (where.parent / "seed.json").write_text(json.dumps({"main": ".", "data": []}))
+        out.append(where.parent)
+    return out
 
 
 def _note(where: Path, main: str, tensors: list) -> Path:
@@ -942,7 +979,75 @@ def _repeat_tensor(path: Path, data: bytes, rng: random.Random) -> str:
     return f"torch {name} repeats: shape {list(state[name].shape)} strides {list(state[name].stride())}"
 
 
+# sharded folders
+
+
+def _index_of(folder: Path) -> Path:
+    return next(folder.glob("*.index.json"))
+
+
+def _mutate_folder(folder: Path, case: Path, rng: random.Random) -> str:
+    """Rewrite the index (shard names outside the folder, symlinks, missing or misplaced tensors, duplicate
+    keys, lies about total_size, the manifest) or the shards (missing, swapped, replaced by a folder)."""
+    index = _index_of(folder)
+    doc = json.loads(index.read_text())
+    weight_map, meta = doc["weight_map"], doc.setdefault("metadata", {})
+    shards = sorted(set(weight_map.values()))
+    name = rng.choice(list(weight_map))
+    op = rng.choice(["name", "name", "name", "symlink", "missing", "ghost", "move", "duplicate", "total",
+                     "manifest", "manifest", "swap", "dir", "garbage", "alias"])
+    if op == "name":
+        outside = _outside(case)
+        weight_map[name] = rng.choice([str(outside), "../outside.bin", f"../{MODEL_DIR}/../outside.bin",
+                                       "/etc/passwd", "", ".", "sub/../../outside.bin", "a\\b.safetensors",
+                                       index.name, "x" * 5000, "\x00.bin", "/dev/zero"])
+    elif op == "symlink":
+        target = rng.choice(shards)
+        (folder / target).unlink()
+        (folder / target).symlink_to(rng.choice([_outside(case), Path("/dev/zero"), folder, folder / target]))
+        return f"folder: {target} symlinked away"
+    elif op == "missing":
+        (folder / rng.choice(shards)).unlink()
+        return "folder: a shard removed"
+    elif op == "ghost":
+        weight_map[rng.choice(["ghost", name + ".x"])] = rng.choice(shards)
+    elif op == "move":
+        weight_map[name] = rng.choice(shards)
+    elif op == "duplicate":
+        text = index.read_text().replace('"weight_map": {', f'"weight_map": {{"{name}": "{rng.choice(shards)}", ', 1)
+        index.write_text(text)
+        return f"folder: `{name}` listed twice"
+    elif op == "total":
+        meta["total_size"] = rng.choice([0, 1, -1, 2**64, 2**40, "12", None, 1.5, True])
+    elif op == "manifest":
+        if "paramio.manifest" not in meta:
+            raise Skip("the index has no manifest")
+        meta["paramio.manifest"], what = mutate_manifest(meta["paramio.manifest"], rng)
+        index.write_text(json.dumps(doc))
+        return f"folder index {what}"
+    elif op == "swap" and len(shards) > 1:
+        a, b = rng.sample(shards, 2)
+        (folder / a).rename(folder / "tmp")
+        (folder / b).rename(folder / a)
+        (folder / "tmp").rename(folder / b)
+        return f"folder: {a} and {b} swapped"
+    elif op == "dir":
+        target = rng.choice(shards)
+        (folder / target).unlink()
+        (folder / target).mkdir()
+        return f"folder: {target} is a folder"
+    elif op == "garbage":
+        index.write_bytes(rng.choice([b"", b"{", deep_json(100_000).encode(), b"\xff" * 9, b"[]", b"null",
+                                      b'{"weight_map": {"a": 1}}', b'{"weight_map": [], "metadata": 3}']))
+        return "folder: index replaced"
+    else:
+        meta[rng.choice(["alias", name])] = rng.choice([name, "nope", 3, None])
+    index.write_text(json.dumps(doc))
+    return f"folder index {op} ({name[:40]})"
+
+
 STRUCTURAL: dict[str, Callable[[Path, Path, random.Random], str]] = {
+    "folder": _mutate_folder,
     "safetensors": _mutate_safetensors,
     "hdf5": _mutate_hdf5,
     "onnx": _mutate_onnx,
@@ -975,6 +1080,15 @@ def make_case(fmt: str, seed: Path, rng: random.Random, case: Path) -> tuple[Pat
             done.append(f"structural edit failed: {type(e).__name__}")
     files = sorted(p for p in where.iterdir() if p.is_file() and not p.is_symlink())
     for _ in range(count - structural):
+        if main.is_dir():  # a folder: its index or one of its shards
+            if not files:
+                break
+            index = [p for p in files if p.name.endswith(".index.json")]
+            target = index[0] if index and rng.random() < 0.5 else rng.choice(files)
+            data, what = _byte_mutation(target.read_bytes(), rng, [])
+            target.write_bytes(data)
+            done.append(f"{target.name}: {what}")
+            continue
         target = main if rng.random() < 0.85 or len(files) < 2 else rng.choice(files)
         data = target.read_bytes()
         hot = _hot(data, [tuple(r) for r in note["data"]]) if target == main else []
@@ -1035,7 +1149,7 @@ def _run_check(name: str, path: Path) -> tuple[str, str]:
         text = str(e).splitlines()[0] if str(e) else type(e).__name__
         if _is_memory(e):
             return "memory", f"{type(e).__name__}: {text}"[:500]
-        if path.name not in str(e):
+        if (str(path) if path.is_dir() else path.name) not in str(e):  # a folder: it or a file in it
             return "unnamed", f"{type(e).__name__}: {text}"[:500]
         return "error", f"{type(e).__name__}: {text}"[:300]
     except BaseException as e:  # noqa: BLE001 - the point: anything else is a finding
@@ -1384,7 +1498,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from .reliability import formats_present
 
-    formats = args.formats.split(",") if args.formats else formats_present()
+    formats = args.formats.split(",") if args.formats else [*formats_present(), FOLDER]
     base = args.seed if args.seed is not None else random.randrange(2**31)
     if args.replay:
         fmt, _, case = args.replay.partition(":")

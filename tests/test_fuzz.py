@@ -29,13 +29,14 @@ import paramio.limits
 from paramio.errors import FormatError
 from paramio.examples import tiny_lm
 
-from .fuzzing import BAD, EVIL, MARKER, WorkerPool, campaign, describe, evil_pickle, zip_build, zip_members
+from .fuzzing import BAD, EVIL, FOLDER, MARKER, WorkerPool, campaign, describe, evil_pickle, zip_build, zip_members
 from .reliability import SUFFIX, formats_present
 
 FORMATS = formats_present()
 _SCALE = float(os.environ.get("PARAMIO_FUZZ_CASES", "1"))
 #: Mutated files per format in the normal suite (about a minute on 2 busy cores for all four formats).
-CASES = {fmt: int(n * _SCALE) for fmt, n in {"safetensors": 400, "hdf5": 150, "onnx": 300, "torch": 300}.items()}
+CASES = {fmt: int(n * _SCALE) for fmt, n in {"safetensors": 400, "hdf5": 150, "onnx": 300, "torch": 300,
+                                             FOLDER: 150}.items()}
 BASE_SEED = int(os.environ.get("PARAMIO_FUZZ_SEED", "1"))
 TERABYTE = 2**40
 SECRET = b"SECRET"
@@ -67,11 +68,12 @@ def assert_refused(result: dict, path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def fuzzed(pool: WorkerPool, tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict]]:
-    return campaign(FORMATS, CASES, base_seed=BASE_SEED, workdir=tmp_path_factory.mktemp("fuzz"), pool=pool)
+    return campaign([*FORMATS, FOLDER], CASES, base_seed=BASE_SEED, workdir=tmp_path_factory.mktemp("fuzz"),
+                    pool=pool)
 
 
-@pytest.mark.slow  # the campaign: ~1,150 mutated files through every read path in capped workers
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.slow  # the campaign: ~1,300 mutated files and folders through every read path in capped workers
+@pytest.mark.parametrize("fmt", [*FORMATS, FOLDER])
 def test_mutated_files_give_paramio_errors_or_verified_data(fuzzed: dict[str, list[dict]], fmt: str) -> None:
     results = fuzzed[fmt]
     assert len(results) == CASES[fmt]

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FormatName", "ChecksumChoice", "ExampleInput", "parse_example_input", "example_tensors",
            "parse_metadata", "check_dtype", "ExampleInputs", "Durable", "DtypeOption", "DynamicAxis",
-           "parse_dynamic_axis", "DynamicBatch", "DynamicAxes"]
+           "parse_dynamic_axis", "DynamicBatch", "DynamicAxes", "check_size", "MaxShardSize", "shard_size"]
 
 #: ``--format`` choices: the registry's format names, and ``dcp`` (a torch.distributed.checkpoint folder).
 FormatName = enum.Enum("FormatName", {**{name: name for name in FORMATS}, "dcp": "dcp"}, type=str)
@@ -172,3 +172,29 @@ DtypeOption = Annotated[
     str | None,
     typer.Option("--dtype", callback=check_dtype, help="Cast floating tensors: bf16, fp16, fp32, fp64, e4m3, e5m2."),
 ]
+
+
+def check_size(value: str | None) -> str | None:
+    """``--max-shard-size``: bytes, or 500MB / 5GB (powers of 1000) / 2GiB (powers of 1024)."""
+    from ..sharding import parse_size
+
+    if value is None:
+        return None
+    try:
+        parse_size(shard_size(value))  # type: ignore[arg-type]
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    return value
+
+
+MaxShardSize = Annotated[
+    str | None,
+    typer.Option("--max-shard-size", metavar="SIZE", callback=check_size,
+                 help="Write a sharded folder (OUT/ or OUT/model.safetensors.index.json, the Hugging Face layout) "
+                 "with shards of at most SIZE: bytes, 500MB, 5GB (powers of 1000) or 2GiB (powers of 1024)."),
+]
+
+
+def shard_size(value: str | None) -> int | str | None:
+    """``--max-shard-size`` as the library takes it: digits alone are bytes."""
+    return int(value) if value is not None and value.strip().isdigit() else value

@@ -15,14 +15,14 @@ from ..factory import (about_model, dynamic_shapes, is_factory, model_from, no_e
                        not_a_dotted_factory)
 from ..hints import export_hint
 from ..options import (ChecksumChoice, DtypeOption, Durable, DynamicAxes, DynamicBatch, ExampleInputs, FormatName,
-                       parse_metadata)
+                       MaxShardSize, parse_metadata, shard_size)
 from ..render import one_line, status
 
 __all__ = ["export"]
 
 
-def _is_onnx(out: Path, fmt: str | None) -> bool:
-    return (fmt or "") == "onnx" or (fmt is None and out.suffix.lower() == ".onnx")
+def _is_onnx(out: str, fmt: str | None) -> bool:
+    return (fmt or "") == "onnx" or (fmt is None and Path(out).suffix.lower() == ".onnx")
 
 
 @app.command(epilog=examples(
@@ -34,8 +34,8 @@ def export(
         metavar="SOURCE", show_default=False,
         help="A factory returning an nn.Module (package.module:callable or path/to/file.py:callable; the current "
         "folder is importable), or a checkpoint file (.pt/.pth/.bin state dict, or any format paramio reads).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The file to write; its suffix picks the format.",
-                                      show_default=False)],
+    out: Annotated[str, typer.Option("--out", "-o", help="The file to write; its suffix picks the format. A folder "
+                                     "(OUT/) or an index path writes a sharded folder.", show_default=False)],
     format: Annotated[FormatName | None, typer.Option("--format", "-f", help="Format, if not the suffix's.")] = None,
     example_input: ExampleInputs = None,
     grads: Annotated[bool, typer.Option("--grads", help="Also save gradients (with --example-input: of a "
@@ -48,6 +48,7 @@ def export(
     dynamic_batch: DynamicBatch = False,
     dynamic_axis: DynamicAxes = None,
     durable: Durable = True,
+    max_shard_size: MaxShardSize = None,
 ) -> None:
     """Save a model (from a factory) or a checkpoint file to OUT, ties kept."""
     meta = parse_metadata(metadata or [])
@@ -69,7 +70,8 @@ def export(
     with about_model(source):
         try:
             manifest = paramio.save(obj, out, format=fmt, example_inputs=inputs, grads=grads, dtype=dtype,
-                                    metadata=meta or None, checksum=checksum.value, durable=durable, **options)
+                                    metadata=meta or None, checksum=checksum.value, durable=durable,
+                                    max_shard_size=shard_size(max_shard_size), **options)
         except paramio.errors.FormatError as e:
             hint = export_hint(obj, e) if inputs is not None else ""
             if not hint:

@@ -14,7 +14,7 @@ from rich.text import Text
 
 import paramio
 
-from ...display import manifest_table, metadata_line, shorten, summary
+from ...display import manifest_table, metadata_line, shard_table, shorten, summary
 from ..app import app, examples
 from ..render import audit_json, print_findings, stdout
 
@@ -32,13 +32,22 @@ def _head(file: Path, fmt: str, manifest: paramio.Manifest) -> str:
     return head
 
 
+def _shards(location: object, manifest: paramio.Manifest) -> dict[str, str]:
+    """A sharded folder: the shard file of each stored tensor."""
+    from ...locations import open_source
+
+    with open_source(location) as source:
+        return {t.name: source.file_of(t.name) for t in manifest.tensors}
+
+
 @app.command(epilog=examples(
     "paramio inspect model.safetensors",
     "paramio inspect model.safetensors --stats --json",
 ))
 def inspect(
     file: Annotated[Path, typer.Argument(metavar="FILE", show_default=False,
-                                         help="A checkpoint: a file, a sharded folder or a DCP folder.")],
+                                         help="A checkpoint: a file, a sharded folder (or its index file) or a DCP "
+                                         "folder.")],
     json_: Annotated[bool, typer.Option("--json", help="Print JSON to stdout: {file, format, manifest[, stats]}.")
                      ] = False,
     stats: Annotated[bool, typer.Option("--stats", help="Add mean/std/min/max/norm, zeros and NaN/Inf counts per "
@@ -62,10 +71,13 @@ def inspect(
     location = locate(file)
     fmt = location.format
     chunks = _chunks(location.root) if location.kind == "dcp" else None
+    shards = _shards(location, manifest) if location.kind == "sharded" else None
     if json_:
         payload: dict[str, Any] = {"file": str(file), "format": fmt, "manifest": json.loads(manifest.to_json())}
         if chunks is not None:
             payload["chunks"] = chunks
+        if shards is not None:
+            payload["shards"] = shards
         if numbers is not None and found is not None:
             payload["stats"] = {s.name: s.to_json() for s in numbers.stored}
             payload["summary"] = numbers.summary()
@@ -77,7 +89,10 @@ def inspect(
     console.print(summary(manifest), soft_wrap=True)
     if manifest.metadata:
         console.print(metadata_line(manifest.metadata), soft_wrap=True)
-    console.print(manifest_table(manifest, None if numbers is None else {s.name: s for s in numbers.stored}))
+    console.print(manifest_table(manifest, None if numbers is None else {s.name: s for s in numbers.stored},
+                                 shards=shards))
+    if shards is not None:
+        console.print(shard_table(manifest, shards))
     if numbers is not None and found is not None:
         console.print(numbers.summary(), soft_wrap=True)
         print_findings(console, found.notes, "note")
