@@ -121,6 +121,18 @@ class Staging:
         self._pending: list[tuple[Path, Path]] = []
         self._after: list[Callable[[], None]] = []
         self._holds: list[contextlib.AbstractContextManager[object]] = []
+        self._folders: list[Path] = []
+
+    def make_folder(self, folder: Path) -> None:
+        """Create ``folder`` (and its parents) for a write of several files; a failed write removes the folders
+        it created (when they are empty again), so that it leaves nothing behind."""
+        missing = []
+        for parent in (Path(folder), *Path(folder).parents):
+            if parent.exists():
+                break
+            missing.append(parent)
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        self._folders.extend(missing)
 
     def temp_for(self, final: Path) -> Path:
         """A temporary name beside ``final``, committed over it; refuses a ``final`` that is not a file."""
@@ -181,6 +193,7 @@ class Staging:
                 finally:
                     os.close(fd)
         self._pending.clear()
+        self._folders.clear()
         after, self._after = self._after, []
         for action in after:
             with contextlib.suppress(OSError):
@@ -190,9 +203,13 @@ class Staging:
         for temp, _ in self._pending:
             with contextlib.suppress(OSError):
                 temp.unlink()
+        for folder in self._folders:  # deepest first; one that holds anything else stays
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         self._pending.clear()
         self._after.clear()
         self._holds.clear()
+        self._folders.clear()
 
 
 @contextlib.contextmanager

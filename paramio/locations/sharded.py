@@ -253,7 +253,7 @@ class ShardedSink(Sink):
         self._groups = plan_shards([(t.name, _nbytes(t.dtype, t.shape)) for t in manifest.tensors], limit)
         folder = location.root
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            staging.make_folder(folder)
         except OSError as e:
             raise FormatError(f"{folder}: cannot create the folder: {e.strerror or e}") from e
         self._single: FileSink | None = None
