@@ -4,6 +4,7 @@
 - ``small``: 20,000 small float32 tensors (99 MB): per-tensor overhead dominates.
 - ``big``: the GPT-2 layout widened to ~2.15 GB, with the same tie and the same names as ``gpt2`` (so
   manifest reads of ``gpt2`` and ``big`` differ in data size only).
+- ``xl`` (opt-in, ``--cases xl``): the same layout at ~8.6 GB (4x big), for the sharded-folder phase.
 
 ``scale`` shrinks every case for smoke runs (``quick``, ``tiny``); the same case and scale always give the
 same bytes.
@@ -15,9 +16,11 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["CASES", "SCALES", "Spec", "spec", "state_dict", "ALIAS", "CANONICAL"]
+__all__ = ["CASES", "DEFAULT_CASES", "SCALES", "Spec", "spec", "state_dict", "ALIAS", "CANONICAL"]
 
-CASES = ("small", "gpt2", "big")
+CASES = ("small", "gpt2", "big", "xl")
+#: What ``make bench`` runs; ``xl`` is opt-in (8.6 GB, and ~35 GB of temporary files).
+DEFAULT_CASES = ("small", "gpt2", "big")
 SCALES = ("full", "quick", "tiny")
 ALIAS = "lm_head.weight"
 CANONICAL = "transformer.wte.weight"
@@ -30,6 +33,9 @@ _GPT = {
     ("big", "full"): (1760, 50257, 1024),
     ("big", "quick"): (512, 16384, 512),
     ("big", "tiny"): (64, 512, 64),
+    ("xl", "full"): (3680, 50257, 1024),
+    ("xl", "quick"): (1024, 16384, 512),
+    ("xl", "tiny"): (128, 512, 64),
 }
 _SMALL = {"full": 20_000, "quick": 2_000, "tiny": 100}
 _SMALL_SHAPES = ((31, 40), (1240,), (8, 155), (62, 20))  # 1240 float32 each: 4,960 bytes

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks import cases
+from benchmarks import cases, sharded
 from benchmarks import dcp as bench_dcp
 from benchmarks.tools import FORMATS, LIMITS, SUFFIX, path_for
 
@@ -439,13 +439,34 @@ def _dcp_phase(folder: Path, scale: str, runs: int, results: dict) -> None:
         p.unlink()
 
 
+def _sharded_phase(specs: dict[str, cases.Spec], formats: Sequence[str], runs: int, folder: Path, scale: str,
+                   results: dict) -> None:
+    """big (and xl) as sharded folders: the single file the converts start from, then the phase's jobs
+    interleaved; every output is removed after the case (xl's take ~35 GB)."""
+    for case in ("big", "xl"):
+        if case not in specs or "safetensors" not in formats:
+            continue
+        if not sharded.single_for(folder, case).exists():
+            _interleave([Job(case, "safetensors", "paramio", "save")], 1, folder, scale, {}, f"{case} sharded prepare")
+        outputs = sharded.outputs(folder, case)
+        jobs = sharded.jobs(case, Job)
+        _interleave(jobs, min(runs, 3), folder, scale, results, f"{case} sharded",
+                    {j: outputs[j.action] for j in jobs if j.action in outputs})
+        for path in [*outputs.values(), sharded.folder_for(folder, case, "stock")]:
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        if case == "xl":
+            shutil.rmtree(sharded.folder_for(folder, case, "paramio"), ignore_errors=True)
+            sharded.single_for(folder, case).unlink(missing_ok=True)
+
+
 # -- main ----------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller cases and 2 runs: a smoke run")
     ap.add_argument("--scale", choices=cases.SCALES, help="case size (default full, or quick with --quick)")
     ap.add_argument("--runs", type=int, help="interleaved runs per phase (default 5, or 2 with --quick)")
-    ap.add_argument("--cases", default=",".join(cases.CASES), help="comma-separated subset of small,gpt2,big")
+    ap.add_argument("--cases", default=",".join(cases.DEFAULT_CASES),
+                    help="comma-separated subset of small,gpt2,big,xl (xl, 8.6 GB, is opt-in)")
     ap.add_argument("--formats", default=",".join((*FORMATS, "dcp")),
                     help="comma-separated subset of formats (dcp: the torch.distributed.checkpoint phase)")
     ap.add_argument("--tmp", type=Path, help="parent folder for the temporary checkpoints (never the repo)")
@@ -506,6 +527,7 @@ def main(argv: list[str] | None = None) -> int:
                 (folder / "big.convert.h5").unlink(missing_ok=True)
         if with_dcp and "gpt2" in specs:
             _dcp_phase(folder, scale, runs, results)
+        _sharded_phase(specs, formats, runs, folder, scale, results)
         meta = [Job(c, f, "paramio", a) for f in formats for a in ("read_manifest", "inspect")
                 for c in ("gpt2", "big") if c in specs and path_for(folder, c, f, "paramio").exists()]
         _interleave(meta, runs, folder, scale, results, "meta")
@@ -527,7 +549,12 @@ def main(argv: list[str] | None = None) -> int:
         report.append(meta_table(formats, results))
     if any(j.fmt == "dcp" for j in results):
         report.append(bench_dcp.dcp_table(specs["gpt2"], results, _dcp_job, _time_cell, _mem_cell))
+    sharded_md, sharded_targets = sharded.report(specs, results)
+    report.append(sharded_md)
     rows, met, total = target_rows(results, specs)
+    for title, shown, limit, ok in sharded_targets:
+        rows += f"| {title} | {shown} | {limit} | {'yes' if ok else '**no**'} | |\n"
+        met, total = met + ok, total + 1
     report.append(rows + f"\n{met} of {total} targets met"
                   + ("" if scale == "full" else f" (scale {scale}: targets are stated for the full cases)") + ".\n")
     print("\n".join(report))

@@ -97,12 +97,19 @@ def run_job(case: str, scale: str, fmt: str, side: str, action: str, folder: Pat
 
         return dcp.run_job(case, scale, side, action, folder)
     spec = cases.spec(case, scale)
-    path = path_for(folder, case, fmt, side)
     try:
-        call, touches = prepare(side, action, fmt, path, lambda: cases.state_dict(spec), dst, spec.nbytes)
-        if touches or action == "convert":
-            warm(path)
-        if action.startswith(("save", "write")) or action == "convert":
+        if fmt == "sharded":
+            from benchmarks import sharded
+
+            call, touches = sharded.prepare(side, action, folder, spec, dst)
+            sharded.warm(folder, spec.case, action)
+        else:
+            path = path_for(folder, case, fmt, side)
+            call, touches = prepare(side, action, fmt, path, lambda: cases.state_dict(spec), dst, spec.nbytes)
+            if touches or action == "convert":
+                warm(path)
+        if action.startswith(("save", "write", "shard_save")) or action in ("convert", "from_shards", "to_shards",
+                                                                             "single"):
             # Start from a clean page cache: the previous job's unsynced writes (stock tools and
             # durable=False) would otherwise be written back during this one, whichever tool (or machine
             # limit) it times.

@@ -89,6 +89,10 @@ CASES = (
 )
 
 
+#: Shard sizes that put each case's model into three shards (the demo's sharded folder).
+SHARD_SIZE = {"tied_mlp": 200, "tiny_lm": 3000}
+
+
 def _formats() -> list[tuple[str, str]]:
     """(format name, first suffix) for every format paramio has: the demo covers them all."""
     return [(name, next(s for s, f in SUFFIXES.items() if f == name)) for name in FORMATS]
@@ -127,14 +131,14 @@ def _onnxruntime_matches(path: Path, x: torch.Tensor, expected: torch.Tensor) ->
     return "onnxruntime agrees" if same else "onnxruntime output DIFFERS"
 
 
-def _round_trip(case: Case, fmt: str, path: Path, x: torch.Tensor) -> Outcome:
+def _round_trip(case: Case, fmt: str, path: Path, x: torch.Tensor, **options: object) -> Outcome:
     """Save, validate, and load into an untied fresh copy; then check what came back."""
     model = case.build()
     model.eval()
     with torch.no_grad():
         expected = model(x)
     example = (x,) if fmt == "onnx" else None  # ONNX: the runnable graph, not just the weights
-    paramio.save(model, path, example_inputs=example)
+    paramio.save(model, path, example_inputs=example, **options)
     report = paramio.validate(path, against=model)
 
     fresh = case.untied()
@@ -145,7 +149,8 @@ def _round_trip(case: Case, fmt: str, path: Path, x: torch.Tensor) -> Outcome:
     with torch.no_grad():
         same_output = torch.equal(fresh(x), expected)
     note = _onnxruntime_matches(path, x, expected) if example is not None else ""
-    return Outcome(path.stat().st_size, report.problems, was_tied, tied, same_output,
+    size = sum(p.stat().st_size for p in path.iterdir()) if path.is_dir() else path.stat().st_size
+    return Outcome(size, report.problems, was_tied, tied, same_output,
                    _grad_is_sum_of_uses(fresh, case, x), note)
 
 
@@ -171,10 +176,12 @@ def run_case(case: Case, out_dir: Path, formats: list[tuple[str, str]], console:
     for column in ("format", "bytes", "validate", "tied", "outputs", "grad sum", ""):
         table.add_column(column, justify="right" if column == "bytes" else "left")
     passed = True
-    for i, (fmt, suffix) in enumerate(formats):
-        path = out_dir / f"{case.name}{suffix}"
+    # a sharded folder (the Hugging Face layout) too: shards small enough that the model spreads over three
+    runs = [(fmt, out_dir / f"{case.name}{suffix}", {}) for fmt, suffix in formats]
+    runs.append(("sharded", out_dir / f"{case.name}-sharded", {"max_shard_size": SHARD_SIZE[case.name]}))
+    for i, (fmt, path, options) in enumerate(runs):
         try:
-            outcome = _round_trip(case, fmt, path, x)
+            outcome = _round_trip(case, fmt, path, x, **options)
         except Exception as e:  # the demo shows a failure and goes on to the next format
             passed = False
             table.add_row(fmt, "", Text(f"failed: {type(e).__name__}: {str(e).splitlines()[0]}", style="bold red"))

@@ -55,6 +55,7 @@ def test_make_demo_restores_every_tie(tmp_path: Path, capsys: pytest.CaptureFixt
     proc = subprocess.run(shlex.split(hint), capture_output=True, text=True, env={**os.environ, "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, (hint, proc.stderr)
     assert "embed.weight" in proc.stdout and "mean" in proc.stdout
+    assert "| sharded " in out.replace("│", "|") and (tmp_path / "tiny_lm-sharded" / "model.safetensors.index.json").exists()
     written = {p.name for p in tmp_path.iterdir()}
     for case in ("tied_mlp", "tiny_lm"):  # every format, for each example
         for suffix in (".safetensors", ".h5", ".onnx", ".pt"):
