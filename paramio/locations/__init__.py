@@ -32,8 +32,6 @@ def locate(path: str | Path, format: str | None = None) -> Location:
         raise MissingFileError(path)
     if path.name.endswith(INDEX_SUFFIX):
         return locate_index(path, format)
-    if not path.suffix and not path.exists():  # a folder that is not there
-        raise MissingFileError(path)
     fmt = for_path(path, format)
     return Location(path, "file", fmt.name, path)
 
