@@ -141,3 +141,28 @@ def test_at_every_moment_the_index_in_place_names_a_complete_set_of_shards(tmp_p
     monkeypatch.undo()
     assert "mixed" not in seen and seen[0] == "old" and seen[-1] == "new"
     assert seen.index("new") > 0 and "old" not in seen[seen.index("new"):]
+
+
+def test_readers_of_a_folder_being_replaced_see_the_old_or_the_new_checkpoint_whole(tmp_path: Path) -> None:
+    """A writer alternates two versions of a sharded folder (same shard names) while a reader loads it."""
+    folder = tmp_path / "ckpt"
+    versions = [checkpoint(v, layers=3) for v in range(2)]
+    paramio.save(versions[0], f"{folder}/", max_shard_size=LIMIT)
+    stop = tmp_path / "stop"
+
+    def rewrite() -> None:
+        import time
+
+        deadline, i = time.monotonic() + 120, 1
+        while not stop.exists() and time.monotonic() < deadline:
+            paramio.save(versions[i % 2], f"{folder}/", max_shard_size=LIMIT, durable=False)
+            i += 1
+
+    with child(rewrite) as pid:
+        for n in range(15):
+            assert os.waitpid(pid, os.WNOHANG)[0] == 0, "the writer stopped before the reader was done"
+            loaded = paramio.load(folder)  # never an error, never a mix
+            assert any(same_as(loaded, v) for v in versions), f"load {n} saw a mix of versions"
+        stop.touch()
+        _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, "the writer failed"

@@ -100,14 +100,41 @@ class ShardedSource(Source):
     """An index and its shards, each shard a :class:`FileSource` opened once and kept open (a shard replaced
     by name meanwhile does not mix into what is read)."""
 
+    #: How often opening starts over when the index was replaced meanwhile (a save finishing as we open).
+    RETRIES = 3
+
     def __init__(self, location: Location) -> None:
         super().__init__(location)
         assert location.index is not None  # noqa: S101 - set by locate_* for every sharded location
-        self._index = read_index(location.index)
-        self._files = {shard: shard_path(location.root, shard, location.index, location.format)
-                       for shard in self._index.shards()}
         self._sources: dict[str, FileSource] = {}
+        for attempt in range(self.RETRIES + 1):
+            stamp = _stamp(location.index)
+            opened = False
+            try:
+                self._open_all(location.index)
+                opened = True
+                self.manifest(check=True)  # shards of another checkpoint: replaced since the index was read?
+                return
+            except FormatError:
+                if _stamp(location.index) != stamp and attempt < self.RETRIES:
+                    self.close()
+                    continue
+                if opened:
+                    return  # the folder itself disagrees: manifest() and problems() report it
+                self.close()
+                raise
+
+    def _open_all(self, index: Path) -> None:
+        """The index, then every shard it names, opened now: a save that replaces the folder afterwards
+        (its clean-up removes the previous shards) does not change what this source reads."""
+        self._index = read_index(index)
+        self._files = {shard: shard_path(self.location.root, shard, index, self.location.format)
+                       for shard in self._index.shards()}
         self._owner: dict[str, str] = dict(self._index.weight_map)
+        for cached in ("_contents", "_parsed"):  # of an attempt before this one
+            self.__dict__.pop(cached, None)
+        for shard in self._files:
+            self._shard(shard)
 
     def _shard(self, shard: str) -> FileSource:
         source = self._sources.get(shard)
@@ -218,6 +245,15 @@ class ShardedSource(Source):
         for source in self._sources.values():
             source.close()
         self._sources.clear()
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """What tells that a file was replaced: its inode, modification time and size."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def _nbytes(dtype: str, shape: tuple[int, ...]) -> int:
