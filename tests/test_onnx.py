@@ -232,9 +232,9 @@ def test_export_failure_is_a_format_error_and_leaves_no_file(tmp_path: Path) -> 
     assert list(tmp_path.iterdir()) == []
 
 
-def test_files_are_deterministic_and_tensors_are_mapped_not_copied(tmp_path: Path) -> None:
-    """paramio streams the message field by field, placing each tensor's bytes at a multiple of its
-    element size, so that loading maps the file instead of copying every tensor out of it."""
+def test_files_are_deterministic_and_tensors_are_read_into_their_own_memory(tmp_path: Path) -> None:
+    """The same input gives the same bytes; a loaded tensor is in memory of its own, as onnx gives it (not a
+    view of a mapping, which another program rewriting the file in place would change or fault)."""
     tensors = {"f32": torch.randn(3), "f64": torch.randn(5, dtype=torch.float64),
                "i16": torch.ones(3, dtype=torch.int16), "f16": torch.randn(7).half(), "odd-name-ü": torch.randn(2, 2)}
     graph = {"example_inputs": (torch.zeros(3, 4),)}
@@ -247,7 +247,7 @@ def test_files_are_deterministic_and_tensors_are_mapped_not_copied(tmp_path: Pat
         for init in onnx.load(first).graph.initializer:  # protobuf reads the same values
             assert np.array_equal(numpy_helper.to_array(init), ck[init.name].numpy()), init.name
         for tensor in ck.values():
-            assert tensor.untyped_storage().nbytes() == first.stat().st_size  # a view of the mapped file
+            assert tensor.untyped_storage().nbytes() == tensor.nbytes  # its own memory, not the file's
 
 
 # -- weights containers --------------------------------------------------------------------------------------

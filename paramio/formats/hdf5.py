@@ -265,7 +265,7 @@ class HDF5Reader(Reader):
             # The file HDF5 opened, not the name reopened: a writer may have replaced it since.
             fd = self._file.id.get_vfd_handle()
             self._size = os.fstat(fd).st_size
-            self._mapped = MappedFile(fd, self._size, owns_fd=False)
+            self._mapped = MappedFile(fd, self._size, owns_fd=False, copy=True, name=str(self.path))
         except OSError as e:
             raise FormatError(f"{self.path}: not a readable HDF5 file (corrupt or truncated?): {e}") from e
         try:

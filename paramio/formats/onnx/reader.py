@@ -124,7 +124,7 @@ class ONNXReader(Reader):
                 self._size = info.st_size
                 if self._size == 0:
                     raise self._fail("empty file (0 bytes)")
-                self._sources[self.path] = MappedFile(os.dup(fh.fileno()), self._size)
+                self._sources[self.path] = MappedFile(os.dup(fh.fileno()), self._size, copy=True, name=str(self.path))
                 with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
                     rest = self._scan(buf)
         except OSError as e:
@@ -249,7 +249,7 @@ class ONNXReader(Reader):
                 raise FormatError(f"{self.path}: {where} file {location!r} cannot be opened: "
                                   f"{e.strerror or e}") from e
             info = os.fstat(fd)
-            source = self._sources[target] = MappedFile(fd, info.st_size)
+            source = self._sources[target] = MappedFile(fd, info.st_size, copy=True, name=str(target))
             if not stat.S_ISREG(info.st_mode):
                 raise FormatError(f"{self.path}: {where} {location!r} is not a regular file")
         return source

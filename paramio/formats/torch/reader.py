@@ -40,7 +40,8 @@ _PICKLE_SLACK = 256 << 20
 
 
 class TorchReader(Reader):
-    """Unpickles at open; zip files are memory-mapped, so no tensor data is read until touched."""
+    """Unpickles at open; zip files are memory-mapped, so no tensor data is read until a tensor is read (and
+    then copied out of the mapping)."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
@@ -66,6 +67,7 @@ class TorchReader(Reader):
         if not magic:
             raise FormatError(f"{self.path}: empty file, not a PyTorch checkpoint")
         zipped = magic == _ZIP_MAGIC
+        self._mapped = zipped
         if zipped:
             self._check_zip()
         else:
@@ -222,10 +224,13 @@ class TorchReader(Reader):
         )
 
     def read(self, name: str) -> torch.Tensor:
+        """The tensor in memory of its own, as ``torch.load`` without mmap gives it: the mapping the file was
+        read through would change, or fault, if another program rewrote the file in place."""
         try:
-            return self._tensors[name]
+            tensor = self._tensors[name]
         except KeyError:
             raise FormatError(f"{self.path}: no tensor `{name}`") from None
+        return tensor.clone() if self._mapped else tensor
 
     def close(self) -> None:
         self._tensors = {}
