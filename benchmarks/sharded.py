@@ -52,22 +52,21 @@ def meta_model(spec: cases.Spec) -> nn.Module:
     with torch.device("meta"):
         root = nn.Module()
         for name, shape in spec.shapes:
-            *path, leaf = name.split(".")
-            module = root
-            for part in path:
-                if not hasattr(module, part):
-                    module.add_module(part, nn.Module())
-                module = getattr(module, part)
-            module.register_parameter(leaf, nn.Parameter(torch.empty(shape)))
+            _place(root, name, nn.Parameter(torch.empty(shape)))
     for alias, canonical in spec.aliases:
-        *path, leaf = alias.split(".")
-        module = root
-        for part in path:
-            if not hasattr(module, part):
-                module.add_module(part, nn.Module())
-            module = getattr(module, part)
-        module.register_parameter(leaf, root.get_parameter(canonical))
+        _place(root, alias, root.get_parameter(canonical))
     return root
+
+
+def _place(root: nn.Module, name: str, parameter: nn.Parameter) -> None:
+    """Register ``parameter`` under the dotted ``name``, making the submodules on the way."""
+    *path, leaf = name.split(".")
+    module = root
+    for part in path:
+        if not hasattr(module, part):
+            module.add_module(part, nn.Module())
+        module = getattr(module, part)
+    module.register_parameter(leaf, parameter)
 
 
 def stock_load_into(model: nn.Module, folder: Path) -> nn.Module:
