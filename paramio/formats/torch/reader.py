@@ -9,7 +9,7 @@ import os
 import pickle
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
 
 import torch
@@ -68,12 +68,14 @@ class TorchReader(Reader):
             raise FormatError(f"{self.path}: empty file, not a PyTorch checkpoint")
         zipped = magic == _ZIP_MAGIC
         self._mapped = zipped
+        self._record_starts: set[int] = set()
         if zipped:
             self._check_zip()
         else:
             self._check_legacy()
         obj = self._load(zipped)
         self._tensors, skipped, self._manifest_json = self._flatten(obj)
+        self._base = _mapping_base(self._tensors.values(), self._record_starts) if zipped else None
         self._metadata = {SKIPPED_KEY: json.dumps(skipped)} if skipped else {}
         if self._manifest_json is None:  # a paramio manifest has its names and versions already
             stripped = _strip_parallel_prefix(self._tensors)
@@ -97,6 +99,7 @@ class TorchReader(Reader):
                 raise FormatError(f"{self.path}: record `{info.filename}` runs past the end of the file "
                                   f"({size} bytes; truncated?)")
             self._check_record(info)
+        self._record_starts = _data_starts(self._fh.fileno(), records, size, str(self.path))
 
     def _check_record(self, info: zipfile.ZipInfo) -> None:
         """torch.save stores every record uncompressed. A compressed tensor record would be mapped as it lies
@@ -230,7 +233,22 @@ class TorchReader(Reader):
             tensor = self._tensors[name]
         except KeyError:
             raise FormatError(f"{self.path}: no tensor `{name}`") from None
-        return tensor.clone() if self._mapped else tensor
+        if not self._mapped:
+            return tensor
+        if self._base is None or not tensor.is_contiguous() or tensor.nbytes == 0:
+            return tensor.clone()
+        # pread the bytes from the file opened once, rather than copying them out of the mapping: no page of
+        # the mapping becomes resident, and read() is faster than page faults
+        start = tensor.untyped_storage().data_ptr() - self._base + tensor.storage_offset() * tensor.element_size()
+        data = torch.empty(tensor.nbytes, dtype=torch.uint8)
+        view, done = memoryview(data.numpy()), 0
+        while done < tensor.nbytes:
+            n = os.preadv(self._fh.fileno(), [view[done:]], start + done)
+            if n == 0:
+                raise FormatError(f"{self.path}: ends inside tensor `{name}` (truncated, or rewritten in place "
+                                  "while being read)")
+            done += n
+        return data.view(tensor.dtype).view(tensor.shape)
 
     def close(self) -> None:
         self._tensors = {}
@@ -270,3 +288,33 @@ def _reason(e: BaseException) -> str:
         keep.append(rest.strip() if marker else line)
     text = " ".join(k for k in keep if k) or (lines[0] if lines else type(e).__name__)
     return text if len(text) <= 200 else text[:199] + "…"
+
+
+def _data_starts(fd: int, records: list[zipfile.ZipInfo], size: int, where: str) -> set[int]:
+    """Where each tensor record's bytes begin in the file: after its local header, whose name and extra
+    field lengths (torch.save pads the extra field to align the data) the central directory does not give."""
+    starts = set()
+    for info in records:
+        if PurePosixPath(info.filename).parent.name != "data":
+            continue
+        header = os.pread(fd, 30, info.header_offset)
+        if len(header) < 30 or header[:4] != b"PK\x03\x04":
+            raise FormatError(f"{where}: zip record `{info.filename}` has no local header at byte "
+                              f"{info.header_offset} (corrupt archive)")
+        start = info.header_offset + 30 + int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30],
+                                                                                                    "little")
+        if start + info.compress_size > size:
+            raise FormatError(f"{where}: record `{info.filename}` runs past the end of the file (truncated?)")
+        starts.add(start)
+    return starts
+
+
+def _mapping_base(tensors: Iterable[torch.Tensor], starts: set[int]) -> int | None:
+    """The address at which ``torch.load(mmap=True)`` mapped the file, from the tensors' storages (each one a
+    slice of that mapping, beginning at its record's data): None unless every storage begins exactly at a
+    record's data, in which case reads fall back to copying out of the mapping."""
+    pointers = {t.untyped_storage().data_ptr() for t in tensors if t.untyped_storage().nbytes()}
+    if not pointers or not starts:
+        return None
+    base = min(pointers) - min(starts)
+    return base if all(p - base in starts for p in pointers) else None
