@@ -258,3 +258,24 @@ def test_zip_record_cut_short_is_a_format_error(tmp_path: Path) -> None:
             archive.writestr(info, body[: len(body) // 2] if info.filename.endswith("data/0") else body)
     with pytest.raises(FormatError, match=os.path.basename(path)):
         paramio.load(path)
+
+
+@pytest.mark.parametrize("writer", ["paramio", "torch.save"])
+def test_tensors_read_at_their_record_offsets_match_whatever_the_records(tmp_path: Path, writer: str) -> None:
+    """.pt tensors are read with pread at their zip record's offset; an empty tensor's record (no storage to
+    locate), equal-size records and a single storage must not shift which bytes a tensor gets."""
+    cases = [
+        {"00": torch.zeros(0), "01": torch.arange(3.0)},
+        {"only": torch.arange(4.0)},
+        {f"t{i}": torch.full((4,), float(i)) for i in range(6)},
+        {"a": torch.zeros(0, dtype=torch.int8), "b": torch.ones(2, dtype=torch.bool), "c": torch.arange(5)},
+    ]
+    for i, state in enumerate(cases):
+        path = tmp_path / f"m{i}.pt"
+        if writer == "paramio":
+            paramio.save(state, path)
+        else:
+            torch.save(state, path)
+        ck = paramio.load(path)
+        assert set(ck) == set(state)
+        assert all(torch.equal(ck[k], v) and ck[k].dtype == v.dtype for k, v in state.items()), state

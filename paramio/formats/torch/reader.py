@@ -68,7 +68,7 @@ class TorchReader(Reader):
             raise FormatError(f"{self.path}: empty file, not a PyTorch checkpoint")
         zipped = magic == _ZIP_MAGIC
         self._mapped = zipped
-        self._record_starts: set[int] = set()
+        self._record_starts: dict[int, int] = {}
         if zipped:
             self._check_zip()
         else:
@@ -290,10 +290,11 @@ def _reason(e: BaseException) -> str:
     return text if len(text) <= 200 else text[:199] + "…"
 
 
-def _data_starts(fd: int, records: list[zipfile.ZipInfo], size: int, where: str) -> set[int]:
-    """Where each tensor record's bytes begin in the file: after its local header, whose name and extra
-    field lengths (torch.save pads the extra field to align the data) the central directory does not give."""
-    starts = set()
+def _data_starts(fd: int, records: list[zipfile.ZipInfo], size: int, where: str) -> dict[int, int]:
+    """Where each tensor record's bytes begin in the file (after its local header, whose name and extra field
+    lengths the central directory does not give: torch.save pads the extra field to align the data), and
+    how many bytes it holds."""
+    starts: dict[int, int] = {}
     for info in records:
         if PurePosixPath(info.filename).parent.name != "data":
             continue
@@ -305,16 +306,24 @@ def _data_starts(fd: int, records: list[zipfile.ZipInfo], size: int, where: str)
                                                                                                     "little")
         if start + info.compress_size > size:
             raise FormatError(f"{where}: record `{info.filename}` runs past the end of the file (truncated?)")
-        starts.add(start)
+        starts[start] = info.compress_size
     return starts
 
 
-def _mapping_base(tensors: Iterable[torch.Tensor], starts: set[int]) -> int | None:
+def _mapping_base(tensors: Iterable[torch.Tensor], starts: Mapping[int, int]) -> int | None:
     """The address at which ``torch.load(mmap=True)`` mapped the file, from the tensors' storages (each one a
-    slice of that mapping, beginning at its record's data): None unless every storage begins exactly at a
-    record's data, in which case reads fall back to copying out of the mapping."""
-    pointers = {t.untyped_storage().data_ptr() for t in tensors if t.untyped_storage().nbytes()}
-    if not pointers or not starts:
+    slice of that mapping: its record's data, of its record's size). None unless exactly one address puts
+    every storage at the start of a record of its size; reads then fall back to copying out of the mapping."""
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    storages = {p: n for p, n in storages.items() if n}
+    if not storages:
         return None
-    base = min(pointers) - min(starts)
-    return base if all(p - base in starts for p in pointers) else None
+    first = min(storages)
+    found = []
+    for start in sorted(s for s, n in starts.items() if n == storages[first]):
+        base = first - start
+        if all(starts.get(p - base) == n for p, n in storages.items()):
+            found.append(base)
+            if len(found) > 1:
+                return None  # ambiguous (say, one storage among records of its size): copy instead
+    return found[0] if found else None
