@@ -183,7 +183,11 @@ class ShardedSource(Source):
         if total is None:
             return
         data = sum(_nbytes(s.dtype, s.shape) for s in stored)
-        files = sum(os.path.getsize(p) for p in self._files.values())
+        try:
+            files = sum(os.path.getsize(p) for p in self._files.values())
+        except OSError as e:  # a save's clean-up removed a shard since it was opened: opening starts over
+            raise FormatError(f"{e.filename}: shard gone while the folder was opened ({e.strerror}); a save "
+                              "replaced the folder meanwhile") from e
         if not data <= total <= files:
             raise FormatError(f"{self.location.index}: total_size {total} is false: the shards hold {data} bytes "
                               f"of tensors in {files} bytes of files")
